@@ -1,0 +1,1 @@
+"""Pulse: multi-tenant product analytics backend."""

@@ -1,0 +1,229 @@
+"""Domain errors and their one mapping to ``application/problem+json`` (RFC 9457).
+
+Services raise the small hierarchy below; nothing else in the app builds error
+responses. A 5xx never carries a stack trace, SQL or a secret: only a title,
+a generic detail and the request id that points at the log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+from sqlalchemy import exc as sa_exc
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("app.errors")
+
+
+class PulseError(Exception):
+    """Base of all expected errors. ``detail`` is shown to the caller, so keep it safe."""
+
+    status_code = 400
+    title = "Bad Request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+
+class Invalid(PulseError):
+    """The request is well-formed JSON but asks for something that is not allowed."""
+
+    status_code = 400
+    title = "Invalid request"
+
+    def __init__(self, detail: str, *, field: str | None = None, **kwargs: Any) -> None:
+        extra = dict(kwargs.pop("extra", None) or {})
+        if field is not None:
+            extra.setdefault("field", field)
+        super().__init__(detail, extra=extra, **kwargs)
+
+
+class Unauthorized(PulseError):
+    status_code = 401
+    title = "Unauthorized"
+
+
+class Forbidden(PulseError):
+    status_code = 403
+    title = "Forbidden"
+
+
+class NotFound(PulseError):
+    status_code = 404
+    title = "Not Found"
+
+
+class Conflict(PulseError):
+    status_code = 409
+    title = "Conflict"
+
+
+class TooManyRequests(PulseError):
+    status_code = 429
+    title = "Too Many Requests"
+
+
+class Unavailable(PulseError):
+    status_code = 503
+    title = "Service Unavailable"
+
+
+# SQLSTATE classes that mean "the database is not there right now", not "your query is wrong".
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "57014")
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means PostgreSQL cannot be reached or is shutting down."""
+    if isinstance(exc, sa_exc.TimeoutError):  # pool checkout timed out
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        return isinstance(cause, OSError | asyncio.TimeoutError) or _is_asyncpg_connection_error(
+            cause
+        )
+    return _is_asyncpg_connection_error(exc) or isinstance(exc, ConnectionError)
+
+
+def _is_asyncpg_connection_error(exc: BaseException | None) -> bool:
+    import asyncpg
+
+    return isinstance(
+        exc,
+        asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.InterfaceError
+        | asyncpg.exceptions.CannotConnectNowError,
+    )
+
+
+def problem(
+    request: Request[Any, Any, Any],
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    request_id = request.scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update({k: v for k, v in extra.items() if k not in body})
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {}))
+
+
+def _pulse_error(request: Request[Any, Any, Any], exc: PulseError) -> Response[dict[str, Any]]:
+    return problem(
+        request, exc.status_code, exc.title, exc.detail, extra=exc.extra, headers=exc.headers
+    )
+
+
+def _http_exception(
+    request: Request[Any, Any, Any], exc: HTTPException
+) -> Response[dict[str, Any]]:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra:
+        extra["errors"] = exc.extra
+    title = _TITLES.get(exc.status_code, "Error")
+    detail = exc.detail or title
+    if exc.status_code >= HTTP_500_INTERNAL_SERVER_ERROR:
+        log.error("http.server_error", status=exc.status_code, detail=exc.detail)
+        detail = title
+    return problem(request, exc.status_code, title, detail, extra=extra, headers=exc.headers)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if is_database_unavailable(exc):
+        log.warning("db.unavailable", error=type(exc).__name__, path=request.url.path)
+        return problem(
+            request,
+            503,
+            "Service Unavailable",
+            "The database is unavailable; try again shortly.",
+            headers={"Retry-After": "5"},
+        )
+    log.exception("http.unhandled_error", path=request.url.path)
+    return problem(
+        request,
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "Internal Server Error",
+        "An unexpected error occurred; quote the request id when reporting it.",
+    )
+
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """The problem+json body every error response carries (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+
+
+def error_responses(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI declarations of the error responses a route can give."""
+    return {
+        code: ResponseSpec(
+            data_container=Problem,
+            description=_TITLES.get(code, "Error"),
+            media_type=PROBLEM_JSON,
+            generate_examples=False,
+        )
+        for code in codes
+    }
+
+
+exception_handlers: ExceptionHandlersMap = {
+    PulseError: _pulse_error,
+    HTTPException: _http_exception,
+    Exception: _unexpected,
+}

@@ -1,0 +1,80 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import structlog
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+
+from app.core.db import Database
+from app.core.errors import PROBLEM_JSON, error_responses, is_database_unavailable
+from app.core.migrations import current_revisions
+
+log = structlog.get_logger("app.health")
+
+
+class Liveness(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: str
+    checks: dict[str, str]
+
+
+async def check_database(state: State) -> list[str]:
+    """Reasons the database is not ready; empty when it is reachable and at the head."""
+    db: Database | None = getattr(state, "db", None)
+    if db is None:
+        return ["database: not configured yet"]
+    try:
+        async with asyncio.timeout(state.settings.readiness_timeout_s), db.engine.connect() as conn:
+            revisions = await current_revisions(conn)
+    except TimeoutError:
+        return ["database: no answer within the readiness timeout"]
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            log.exception("health.database_check_failed")
+        return [f"database: unreachable ({type(exc).__name__})"]
+    head: frozenset[str] = state.migration_head
+    if revisions != head:
+        return [
+            f"database: schema at {sorted(revisions) or 'nothing'}, expected {sorted(head)};"
+            " run `python -m app migrate`"
+        ]
+    return []
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["operations"]
+    opt = {"public": True}
+
+    @get("/live", operation_id="getLiveness", summary="The process is up")
+    async def live(self) -> Liveness:
+        return Liveness(status="ok")
+
+    @get(
+        "/ready",
+        operation_id="getReadiness",
+        summary="Ready to serve: database reachable and migrated",
+        responses=error_responses(503),
+    )
+    async def ready(self, state: State) -> Response[Any]:
+        reasons = await check_database(state)
+        if reasons:
+            body = {
+                "type": "about:blank",
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": "; ".join(reasons),
+                "reasons": reasons,
+            }
+            return Response(
+                body, status_code=503, media_type=PROBLEM_JSON, headers={"Retry-After": "5"}
+            )
+        return Response(Readiness(status="ready", checks={"database": "ok"}))

@@ -1,0 +1,96 @@
+"""Start-up and shutdown of the shared resources, in one place and in order.
+
+Start: database URL (the embedded server in development), migrations (development
+only), the engine, the HTTP client, the BigQuery thread pool, the watchdog, then
+each module's hook. Shutdown runs the same list backwards, each step bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import structlog
+from litestar import Litestar
+
+from app.core.db import Database
+from app.core.embedded_pg import start_embedded_postgres
+from app.core.http import create_http_client
+from app.core.metrics import Metrics
+from app.core.migrations import head_revisions, upgrade_to_head
+from app.core.settings import Settings
+from app.core.tasks import BackgroundTasks
+from app.core.watchdog import LoopWatchdog
+
+log = structlog.get_logger("app.lifespan")
+
+# A module's hook: entered after the core resources exist, exited before they close.
+LifespanHook = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+
+class ConfigurationError(RuntimeError):
+    """Start-up cannot continue; the message says what to set."""
+
+
+async def resolve_database_url(settings: Settings, stack: AsyncExitStack) -> str:
+    """The configured URL, or in development the embedded server's (started here)."""
+    if settings.database_url:
+        return settings.database_url
+    if settings.env != "development":
+        raise ConfigurationError(f"PULSE_DATABASE_URL is required when PULSE_ENV={settings.env}")
+    url, server = await asyncio.to_thread(start_embedded_postgres, settings.data_path)
+    log.info("db.embedded_started", data_dir=str(settings.data_path / "postgres"))
+    stack.push_async_callback(asyncio.to_thread, server.cleanup)
+    return url
+
+
+def build_lifespan(
+    settings: Settings, metrics: Metrics, hooks: Sequence[LifespanHook]
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        state: Any = app.state
+        async with AsyncExitStack() as stack:
+            url = await resolve_database_url(settings, stack)
+            if settings.env == "development":
+                await asyncio.to_thread(upgrade_to_head, url)
+                log.info("db.migrated")
+            state.migration_head = await asyncio.to_thread(head_revisions)
+
+            db = Database.from_settings(settings, url)
+            stack.push_async_callback(db.dispose)
+            state.db = db
+            metrics.watch_pool(db.pool_status)
+
+            http = create_http_client(settings)
+            stack.push_async_callback(http.aclose)
+            state.http = http
+
+            bigquery_pool = ThreadPoolExecutor(
+                max_workers=settings.bigquery_threads, thread_name_prefix="pulse-bigquery"
+            )
+            stack.callback(bigquery_pool.shutdown, wait=False, cancel_futures=True)
+            state.bigquery_pool = bigquery_pool
+
+            tasks = BackgroundTasks()
+            stack.push_async_callback(tasks.shutdown)
+            state.tasks = tasks
+            watchdog = LoopWatchdog(
+                metrics.loop_lag,
+                interval_s=settings.loop_lag_interval_ms / 1000,
+                warn_s=settings.loop_lag_warn_ms / 1000,
+            )
+            state.watchdog = watchdog
+            tasks.spawn(watchdog.run(), name="loop-watchdog")
+
+            for hook in hooks:
+                await stack.enter_async_context(hook(app))
+            log.info("app.started", env=settings.env)
+            yield
+            log.info("app.stopping")
+        log.info("app.stopped")
+
+    return lifespan

@@ -1,0 +1,65 @@
+"""Structured logging: JSON in production, readable console lines in development.
+
+Context (request id, tenant id, job id) is bound with ``structlog.contextvars``
+and appears on every line logged inside that context, including library logs
+routed through the standard ``logging`` module (uvicorn, sqlalchemy).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from app.core.settings import Settings
+
+_SHARED_PROCESSORS: list[structlog.types.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.StackInfoRenderer(),
+]
+
+
+def configure_logging(settings: Settings) -> None:
+    """Configure structlog and the stdlib root logger once per process."""
+    renderer: structlog.types.Processor
+    if settings.effective_log_format == "json":
+        renderer = structlog.processors.JSONRenderer()
+        exception_processor: structlog.types.Processor = structlog.processors.format_exc_info
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        exception_processor = structlog.processors.ExceptionPrettyPrinter()
+
+    structlog.configure(
+        processors=[
+            *_SHARED_PROCESSORS,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_SHARED_PROCESSORS,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([exception_processor] if settings.effective_log_format == "json" else []),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # uvicorn installs its own handlers; route them through ours instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)

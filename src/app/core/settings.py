@@ -1,0 +1,236 @@
+"""Pulse settings: one typed msgspec Struct read once from ``PULSE_*`` variables.
+
+Values come from the process environment, then from an optional ``.env`` file
+(the real environment wins). Every bad value is reported with its variable name
+in a single :class:`SettingsError`, so start-up fails with one clear message per
+problem instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+PREFIX = "PULSE_"
+
+Environment = Literal["development", "test", "production"]
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+SmtpSecurity = Literal["starttls", "tls", "none"]
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class SettingsError(Exception):
+    """Raised with one line per invalid ``PULSE_*`` variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration: " + "; ".join(problems))
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Every knob Pulse has. Field ``foo_bar`` is read from ``PULSE_FOO_BAR``."""
+
+    # --- process -----------------------------------------------------------
+    env: Environment = "development"
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    log_level: LogLevel = "INFO"
+    # Unset means: json in production, console elsewhere.
+    log_format: LogFormat | None = None
+    data_dir: str = ".data"
+    public_url: str | None = None
+    shutdown_grace_s: PositiveFloat = 20.0
+
+    # --- database ----------------------------------------------------------
+    database_url: str | None = None
+    db_pool_size: PositiveInt = 10
+    db_max_overflow: NonNegativeInt = 10
+    db_pool_timeout_s: PositiveFloat = 5.0
+    db_connect_timeout_s: PositiveFloat = 5.0
+    db_statement_timeout_ms: PositiveInt = 15_000
+    readiness_timeout_s: PositiveFloat = 2.0
+
+    # --- outbound HTTP ----------------------------------------------------
+    http_timeout_s: PositiveFloat = 10.0
+    http_max_connections: PositiveInt = 100
+
+    # --- event-loop watchdog ----------------------------------------------
+    loop_lag_warn_ms: PositiveInt = 100
+    loop_lag_interval_ms: PositiveInt = 50
+
+    # --- auth (OIDC) ---------------------------------------------------------
+    oidc_issuer: str | None = None
+    oidc_audience: str = "pulse"
+    oidc_algorithms: str = "RS256,ES256"
+    oidc_tenant_claim: str = "tenant_id"
+    oidc_roles_claim: str = "roles"
+    # "idp-name=pulse-role,..." e.g. "pulse-admins=admin,pulse-viewers=viewer"
+    oidc_role_map: str = ""
+    oidc_leeway_s: NonNegativeInt = 30
+    oidc_strict_typ: bool = False
+    oidc_jwks_cooldown_s: Annotated[float, msgspec.Meta(ge=30)] = 30.0
+    oidc_jwks_max_stale_s: PositiveFloat = 86_400.0
+    oidc_introspection_url: str | None = None
+    oidc_introspection_client_id: str | None = None
+    oidc_introspection_client_secret: str | None = None
+    oidc_introspection_cache_s: PositiveFloat = 300.0
+    oidc_web_client_id: str = "pulse-dashboard"
+
+    # --- ingestion -----------------------------------------------------------
+    secret_key: str | None = None
+    ingest_concurrency: PositiveInt = 8
+    bigquery_threads: PositiveInt = 12
+    scheduler_interval_s: PositiveFloat = 30.0
+
+    # --- email ---------------------------------------------------------------
+    smtp_host: str | None = None
+    smtp_port: Port = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_security: SmtpSecurity = "starttls"
+    smtp_from: str = "Pulse <pulse@localhost>"
+    smtp_timeout_s: PositiveFloat = 10.0
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.is_production else "console"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+
+_FIELDS = msgspec.structs.fields(Settings)
+_DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a minimal ``.env`` file: ``KEY=value`` lines, ``#`` comments, optional quotes."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _DOTENV_LINE.match(line)
+        if match is None:
+            continue
+        key, value = match.groups()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def _convert(raw: str, annotation: Any) -> Any:
+    # Empty strings mean "unset" for optional values, so `PULSE_X=` in a .env is harmless.
+    if raw == "":
+        raw_value: Any = None
+    elif raw.lower() in {"true", "false"}:
+        raw_value = raw.lower() == "true"
+    else:
+        raw_value = raw
+    try:
+        return msgspec.convert(raw_value, annotation, strict=False)
+    except msgspec.ValidationError:
+        if raw_value is None:
+            raise
+        # Let Literal/str fields keep "true"/"false" spelled as given.
+        return msgspec.convert(raw, annotation, strict=False)
+
+
+def _check_semantics(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    if settings.is_production and not settings.database_url:
+        problems.append("PULSE_DATABASE_URL is required when PULSE_ENV=production")
+    if settings.is_production and not settings.secret_key:
+        problems.append("PULSE_SECRET_KEY is required when PULSE_ENV=production")
+    if settings.database_url and not settings.database_url.startswith(
+        ("postgresql://", "postgresql+asyncpg://", "postgres://")
+    ):
+        problems.append(
+            "PULSE_DATABASE_URL must be a PostgreSQL URL (postgresql+asyncpg://user:pass@host/db)"
+        )
+    for name in settings.oidc_algorithms.split(","):
+        if name.strip() not in {
+            "RS256",
+            "RS384",
+            "RS512",
+            "ES256",
+            "ES384",
+            "ES512",
+            "PS256",
+            "PS384",
+            "PS512",
+            "EdDSA",
+        }:
+            problems.append(
+                f"PULSE_OIDC_ALGORITHMS: {name.strip()!r} is not an allowed asymmetric algorithm"
+            )
+    for pair in filter(None, (p.strip() for p in settings.oidc_role_map.split(","))):
+        idp_role, _, pulse_role = pair.partition("=")
+        if not idp_role or pulse_role not in {"viewer", "admin", "operator"}:
+            problems.append(
+                f"PULSE_OIDC_ROLE_MAP: {pair!r} must look like idp-role=viewer|admin|operator"
+            )
+    introspection = (
+        settings.oidc_introspection_url,
+        settings.oidc_introspection_client_id,
+        settings.oidc_introspection_client_secret,
+    )
+    if any(introspection) and not all(introspection):
+        problems.append(
+            "PULSE_OIDC_INTROSPECTION_URL, _CLIENT_ID and _CLIENT_SECRET must be set together"
+        )
+    return problems
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Read, convert and validate all settings; raise SettingsError listing every problem."""
+    source: dict[str, str] = read_dotenv(dotenv) if dotenv is not None else {}
+    source.update(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    known = {PREFIX + f.name.upper() for f in _FIELDS}
+    for field in _FIELDS:
+        variable = PREFIX + field.name.upper()
+        if variable not in source:
+            continue
+        try:
+            values[field.name] = _convert(source[variable], field.type)
+        except msgspec.ValidationError as exc:
+            problems.append(f"{variable}={source[variable]!r}: {_plain(exc)}")
+    unknown = sorted(k for k in source if k.startswith(PREFIX) and k not in known)
+    problems.extend(
+        f"{name} is not a Pulse setting" for name in unknown if not name.startswith("PULSE_TEST_")
+    )
+    if problems:
+        raise SettingsError(problems)
+    settings = Settings(**values)
+    problems = _check_semantics(settings)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _plain(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str`"; drop the `$` path, it is always the root here.
+    return str(exc).replace(" - at `$`", "")

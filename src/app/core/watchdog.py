@@ -1,0 +1,72 @@
+"""Event-loop watchdog: measures loop lag and names the code that blocks the loop.
+
+A coroutine sleeps for a fixed interval and records how late it woke up (works
+with any loop, uvloop included). A helper thread watches the coroutine's
+heartbeat; when the loop has not come back for longer than the threshold it
+samples the loop thread's current stack, so the log says *what* blocked, not only
+that something did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import traceback
+
+import structlog
+from prometheus_client import Histogram
+
+log = structlog.get_logger("app.watchdog")
+
+
+class LoopWatchdog:
+    def __init__(self, lag_histogram: Histogram, *, interval_s: float, warn_s: float) -> None:
+        self._histogram = lag_histogram
+        self._interval_s = interval_s
+        self._warn_s = warn_s
+        self._heartbeat = time.monotonic()
+        self._beat = 0
+        self._stop = threading.Event()
+        self._loop_thread_id: int | None = None
+        self.max_lag_s = 0.0
+        self.samples = 0
+        self.blocked_reports = 0
+
+    def reset_max(self) -> None:
+        self.max_lag_s = 0.0
+
+    async def run(self) -> None:
+        """Run until cancelled; owns the helper thread for its lifetime."""
+        loop = asyncio.get_running_loop()
+        self._loop_thread_id = threading.get_ident()
+        monitor = threading.Thread(target=self._monitor, name="pulse-loop-watchdog", daemon=True)
+        monitor.start()
+        try:
+            while True:
+                started = loop.time()
+                self._heartbeat = time.monotonic()
+                self._beat += 1
+                await asyncio.sleep(self._interval_s)
+                lag = max(0.0, loop.time() - started - self._interval_s)
+                self._histogram.observe(lag)
+                self.samples += 1
+                self.max_lag_s = max(self.max_lag_s, lag)
+                if lag >= self._warn_s:
+                    log.warning("loop.lag", lag_ms=round(lag * 1000, 1))
+        finally:
+            self._stop.set()
+
+    def _monitor(self) -> None:
+        reported_beat = -1
+        while not self._stop.wait(self._warn_s / 2):
+            beat, heartbeat = self._beat, self._heartbeat
+            stalled = time.monotonic() - heartbeat - self._interval_s
+            if stalled < self._warn_s or beat == reported_beat:
+                continue
+            reported_beat = beat
+            self.blocked_reports += 1
+            frame = sys._current_frames().get(self._loop_thread_id or 0)
+            stack = "".join(traceback.format_stack(frame, limit=20)) if frame else "unavailable"
+            log.warning("loop.blocked", blocked_ms=round(stalled * 1000, 1), stack=stack)

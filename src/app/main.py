@@ -1,0 +1,75 @@
+"""The application factory. Importing this module connects to nothing."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.config.compression import CompressionConfig
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from app import modules
+from app.core.db import get_database, provide_db_session
+from app.core.errors import exception_handlers
+from app.core.health import HealthController
+from app.core.lifespan import build_lifespan
+from app.core.logging import configure_logging
+from app.core.metrics import (
+    Metrics,
+    add_request_id_header,
+    metrics_endpoint,
+    observability_middleware,
+)
+from app.core.settings import Settings, load_settings
+
+VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Assemble core and modules into one Litestar app; resources start in the lifespan."""
+    settings = settings or load_settings()
+    configure_logging(settings)
+    metrics = Metrics()
+    installed = modules.installed()
+    app = Litestar(
+        route_handlers=[
+            HealthController,
+            metrics_endpoint,
+            *(handler for module in installed for handler in module.route_handlers),
+        ],
+        dependencies={
+            "db_session": Provide(provide_db_session),
+            "db": Provide(get_database, sync_to_thread=False),
+            **{k: v for module in installed for k, v in module.dependencies.items()},
+        },
+        guards=[guard for module in installed for guard in module.guards],
+        middleware=[observability_middleware(metrics)],
+        before_send=[add_request_id_header],
+        exception_handlers=exception_handlers,
+        lifespan=[build_lifespan(settings, metrics, [h for m in installed for h in m.lifespan])],
+        openapi_config=OpenAPIConfig(
+            title="Pulse",
+            version=VERSION,
+            description="Multi-tenant product analytics: imports, stats and alerts.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "BearerAuth": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="An access token from the tenant's OpenID Connect provider.",
+                    )
+                }
+            ),
+            security=[{"BearerAuth": []}],
+        ),
+        compression_config=CompressionConfig(backend="gzip", minimum_size=1024),
+        logging_config=None,
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    return app
