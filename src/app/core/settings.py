@@ -92,6 +92,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     bigquery_threads: PositiveInt = 12
     scheduler_interval_s: PositiveFloat = 30.0
 
+    # --- dashboard -----------------------------------------------------------
+    stats_rate_limit_per_minute: PositiveInt = 1200
+    stats_cache_ttl_s: PositiveFloat = 300.0
+    stats_cache_max_entries: PositiveInt = 10_000
+
     # --- email ---------------------------------------------------------------
     smtp_host: str | None = None
     smtp_port: Port = 587
