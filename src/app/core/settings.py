@@ -91,6 +91,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ingest_concurrency: PositiveInt = 8
     bigquery_threads: PositiveInt = 12
     scheduler_interval_s: PositiveFloat = 30.0
+    # A run's lease; a heartbeat renews it well before it expires (at most every 15 s).
+    ingest_lease_s: PositiveFloat = 60.0
+    ingest_heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=15)] = 5.0
+    # How often an idle runner looks for queued runs and expired leases.
+    ingest_poll_interval_s: PositiveFloat = 2.0
+    ingest_max_attempts: PositiveInt = 5
+    ingest_retry_base_s: PositiveFloat = 30.0
+    ingest_retry_max_s: PositiveFloat = 900.0
+    ingest_batch_rows: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 50_000
+    ingest_quarantine_cap: NonNegativeInt = 1000
+    ingest_test_timeout_s: PositiveFloat = 15.0
 
     # --- dashboard -----------------------------------------------------------
     stats_rate_limit_per_minute: PositiveInt = 1200
