@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.db import Base
+from app.core.logging import configure_logging
 from app.core.migrations import upgrade_to_head
 from app.core.settings import Settings
 from app.main import create_app
@@ -44,6 +45,8 @@ async def database_url(postgres_admin_url: str) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def blockbuster(database_url: str) -> Iterator[BlockBuster]:
     """A blocking call on the event loop fails the test that made it."""
+    # Route every log line through the app's handler (rendered off the loop) from the start.
+    configure_logging(make_settings(database_url))
     with blockbuster_ctx() as bb:
         # asyncpg stats ~/.pgpass once per new connection when the URL has no password:
         # a microsecond, on connect only, inside the driver.

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from litestar.datastructures import State
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -117,10 +117,18 @@ async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
 
 
 async def raw_connection(conn: AsyncConnection | AsyncSession) -> Any:
-    """The asyncpg connection behind a SQLAlchemy connection or session (same transaction)."""
+    """The asyncpg connection behind a SQLAlchemy connection or session, in its transaction.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, on the first statement; work sent
+    straight to the driver before that would run in autocommit mode and survive a
+    rollback. So make sure the transaction has really begun first.
+    """
     connection = await conn.connection() if isinstance(conn, AsyncSession) else conn
     fairy = await connection.get_raw_connection()
-    return fairy.driver_connection
+    driver = fairy.driver_connection
+    if not driver.is_in_transaction():
+        await connection.execute(text("SELECT 1"))
+    return driver
 
 
 async def copy_rows(

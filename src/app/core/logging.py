@@ -7,7 +7,10 @@ routed through the standard ``logging`` module (uvicorn, sqlalchemy).
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 
 import structlog
@@ -21,6 +24,33 @@ _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.StackInfoRenderer(),
 ]
+
+
+class _DeferredQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the listener thread untouched: rendering (tracebacks read source
+    files) and writing to stderr happen there, never on the event loop."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _start_listener(handler: logging.Handler) -> logging.Handler:
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+    log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(log_queue, handler, respect_handler_level=True)
+    _listener.start()
+    return _DeferredQueueHandler(log_queue)
+
+
+@atexit.register
+def _flush_logs() -> None:
+    if _listener is not None:
+        _listener.stop()
 
 
 def configure_logging(settings: Settings) -> None:
@@ -53,7 +83,7 @@ def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_start_listener(handler)]
     root.setLevel(settings.log_level)
     # uvicorn installs its own handlers; route them through ours instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -1,0 +1,114 @@
+"""The shared engine: request sessions commit or roll back, COPY joins the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import msgspec
+import pytest
+from litestar import Litestar, post
+from litestar.di import Provide
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import Database, copy_rows, provide_db_session
+from app.core.errors import Invalid, exception_handlers
+from app.core.settings import Settings
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database.from_settings(settings, settings.database_url or "")
+    async with database.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS copy_probe"))
+        await conn.execute(
+            text("CREATE TABLE copy_probe (id int PRIMARY KEY, at timestamptz, doc jsonb)")
+        )
+    yield database
+    async with database.engine.begin() as conn:
+        await conn.execute(text("DROP TABLE copy_probe"))
+    await database.dispose()
+
+
+async def _count(db: Database) -> int:
+    async with db.session() as session:
+        return int(await session.scalar(text("SELECT count(*) FROM copy_probe")) or 0)
+
+
+async def test_copy_rows_keep_jsonb_values_and_commit_with_the_session(db: Database) -> None:
+    doc = {"a": [1, "x", None], "nested": {"ü": True}}
+    at = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    async with db.session() as session:
+        copied = await copy_rows(
+            session,
+            "copy_probe",
+            ["id", "at", "doc"],
+            [(1, at, msgspec.json.encode(doc).decode()), (2, at, "{}")],
+        )
+        await session.commit()
+    assert copied == 2
+    async with db.session() as session:
+        row = (await session.execute(text("SELECT at, doc FROM copy_probe WHERE id = 1"))).one()
+    assert row.at == at
+    assert row.doc == doc
+
+
+async def test_copy_rows_roll_back_with_the_transaction(db: Database) -> None:
+    async with db.session() as session:
+        await copy_rows(session, "copy_probe", ["id"], [(10,), (11,)])
+        assert await session.scalar(text("SELECT count(*) FROM copy_probe")) == 2
+        await session.rollback()
+    assert await _count(db) == 0
+
+
+def _probe_app(db: Database) -> Litestar:
+    @post("/probe/{outcome:str}")
+    async def probe(outcome: str, db_session: AsyncSession) -> dict[str, str]:
+        await db_session.execute(text("INSERT INTO copy_probe (id) VALUES (42)"))
+        if outcome == "invalid":
+            raise Invalid("nope", field="outcome")
+        if outcome == "crash":
+            raise RuntimeError("password=hunter2 SELECT secret FROM vault")
+        return {"outcome": outcome}
+
+    app = Litestar(
+        [probe],
+        dependencies={"db_session": Provide(provide_db_session)},
+        exception_handlers=exception_handlers,
+        logging_config=None,
+    )
+    app.state.db = db
+    return app
+
+
+async def _post(app: Litestar, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        return await http.post(path)
+
+
+async def test_request_session_commits_when_the_handler_succeeds(db: Database) -> None:
+    response = await _post(_probe_app(db), "/probe/ok")
+    assert response.status_code == 201
+    assert await _count(db) == 1
+
+
+async def test_request_session_rolls_back_on_domain_error(db: Database) -> None:
+    response = await _post(_probe_app(db), "/probe/invalid")
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["field"] == "outcome"
+    assert await _count(db) == 0
+
+
+async def test_unexpected_error_is_500_without_leaking_details(db: Database) -> None:
+    response = await _post(_probe_app(db), "/probe/crash")
+    assert response.status_code == 500
+    body = response.text
+    assert "hunter2" not in body
+    assert "SELECT" not in body
+    assert "Traceback" not in body
+    assert response.json()["title"] == "Internal Server Error"
+    assert await _count(db) == 0
