@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-MODEL_MODULES: tuple[str, ...] = ("app.modules.tenants.models",)
+MODEL_MODULES: tuple[str, ...] = ("app.modules.tenants.models", "app.modules.notifications.models")
 
 
 def import_all_models() -> None:

@@ -1,0 +1,18 @@
+"""notifications: email through a transactional outbox - import alerts, weekly digest,
+admin API, and a development SMTP catcher.
+
+Public interface (everything other modules may import):
+- :func:`notify_run_outcome` - called by ingestion in the transaction that records a
+  run's final outcome.
+- :func:`enqueue_email` - queue a rendered email in the caller's transaction.
+- ``module`` - routes, lifespan hooks.
+"""
+
+from __future__ import annotations
+
+from app.modules import Module
+from app.modules.notifications.service import enqueue_email, notify_run_outcome
+
+module = Module(name="notifications")
+
+__all__ = ["enqueue_email", "module", "notify_run_outcome"]

@@ -1,0 +1,300 @@
+"""SQL for the notifications module. Every statement filters by tenant where it reads
+tenant data; nothing here commits (the caller owns the transaction)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.modules.notifications.models import (
+    DigestSlot,
+    NotificationPreferences,
+    OutboxEmail,
+    SourceOutcome,
+)
+from app.modules.notifications.templates import Rendered
+
+# --- preferences -------------------------------------------------------------------------
+
+
+async def get_preferences(session: AsyncSession, tenant_id: str) -> NotificationPreferences | None:
+    result = await session.execute(
+        select(NotificationPreferences).where(NotificationPreferences.tenant_id == tenant_id)
+    )
+    return result.scalar_one_or_none()
+
+
+async def upsert_preferences(
+    session: AsyncSession, tenant_id: str, values: dict[str, Any]
+) -> NotificationPreferences:
+    statement = (
+        insert(NotificationPreferences)
+        .values(tenant_id=tenant_id, **values)
+        .on_conflict_do_update(
+            index_elements=[NotificationPreferences.tenant_id],
+            set_={**values, "updated_at": func.now()},
+        )
+        .returning(NotificationPreferences)
+        .execution_options(populate_existing=True)
+    )
+    result = await session.execute(statement)
+    return result.scalar_one()
+
+
+async def tenants_with_digest(session: AsyncSession) -> Sequence[NotificationPreferences]:
+    """Preferences of every tenant that wants a digest and has someone to send it to."""
+    result = await session.execute(
+        select(NotificationPreferences).where(
+            NotificationPreferences.weekly_digest.is_(True),
+            func.cardinality(NotificationPreferences.recipients) > 0,
+        )
+    )
+    return result.scalars().all()
+
+
+# --- per-source outcomes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousOutcome:
+    status: str | None  # None: first outcome ever seen for this source
+    consecutive_failures: int
+
+
+async def record_source_outcome(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    source_id: uuid.UUID,
+    run_id: uuid.UUID,
+    status: str,
+    finished_at: datetime,
+) -> PreviousOutcome | None:
+    """Store ``status`` as the source's latest outcome and return what it was before.
+
+    Returns None when this run was already recorded (a repeated call) or when a newer
+    outcome is already stored, so callers do not announce the same event twice.
+    """
+    row = await _lock_outcome(session, tenant_id, source_id)
+    if row is None:
+        inserted = await session.execute(
+            insert(SourceOutcome)
+            .values(
+                tenant_id=tenant_id,
+                source_id=source_id,
+                last_status=status,
+                consecutive_failures=1 if status == "failed" else 0,
+                last_run_id=run_id,
+                last_finished_at=finished_at,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[SourceOutcome.tenant_id, SourceOutcome.source_id]
+            )
+            .returning(SourceOutcome.source_id)
+        )
+        if inserted.scalar_one_or_none() is not None:
+            return PreviousOutcome(status=None, consecutive_failures=0)
+        row = await _lock_outcome(session, tenant_id, source_id)
+        assert row is not None  # a concurrent transaction inserted it first
+    if row.last_run_id == run_id or row.last_finished_at > finished_at:
+        return None
+    previous = PreviousOutcome(
+        status=row.last_status, consecutive_failures=row.consecutive_failures
+    )
+    row.last_status = status
+    row.last_run_id = run_id
+    row.last_finished_at = finished_at
+    row.consecutive_failures = row.consecutive_failures + 1 if status == "failed" else 0
+    await session.flush()
+    return previous
+
+
+async def _lock_outcome(
+    session: AsyncSession, tenant_id: str, source_id: uuid.UUID
+) -> SourceOutcome | None:
+    result = await session.execute(
+        select(SourceOutcome)
+        .where(SourceOutcome.tenant_id == tenant_id, SourceOutcome.source_id == source_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return result.scalar_one_or_none()
+
+
+# --- outbox ----------------------------------------------------------------------------------
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    kind: str,
+    idempotency_key: str,
+    recipient: str,
+    message: Rendered,
+) -> bool:
+    """Insert one outbox row; False when the same key was already queued (no duplicate)."""
+    result = await session.execute(
+        insert(OutboxEmail)
+        .values(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            kind=kind,
+            idempotency_key=idempotency_key,
+            recipient=recipient,
+            subject=message.subject,
+            body_text=message.text,
+            body_html=message.html,
+        )
+        .on_conflict_do_nothing(constraint="uq_notification_outbox_key")
+        .returning(OutboxEmail.id)
+    )
+    return result.scalar_one_or_none() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedEmail:
+    id: uuid.UUID
+    tenant_id: str
+    kind: str
+    recipient: str
+    subject: str
+    body_text: str
+    body_html: str
+    attempts: int
+
+
+async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> list[ClaimedEmail]:
+    """Claim up to ``limit`` due emails for this sender (``FOR UPDATE SKIP LOCKED``).
+
+    Due means pending with its next attempt time passed, or ``sending`` whose lease
+    expired (its sender died mid-flight). The claim counts an attempt and sets a lease.
+    """
+    now = func.now()
+    due = (
+        select(OutboxEmail.id)
+        .where(
+            or_(
+                and_(OutboxEmail.status == "pending", OutboxEmail.next_attempt_at <= now),
+                and_(OutboxEmail.status == "sending", OutboxEmail.lease_expires_at <= now),
+            )
+        )
+        .order_by(OutboxEmail.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        update(OutboxEmail)
+        .where(OutboxEmail.id.in_(due))
+        .values(
+            status="sending",
+            attempts=OutboxEmail.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            updated_at=now,
+        )
+        .returning(
+            OutboxEmail.id,
+            OutboxEmail.tenant_id,
+            OutboxEmail.kind,
+            OutboxEmail.recipient,
+            OutboxEmail.subject,
+            OutboxEmail.body_text,
+            OutboxEmail.body_html,
+            OutboxEmail.attempts,
+            OutboxEmail.next_attempt_at,
+        )
+    )
+    rows = sorted(result.all(), key=lambda r: r.next_attempt_at)
+    return [
+        ClaimedEmail(
+            id=r.id,
+            tenant_id=r.tenant_id,
+            kind=r.kind,
+            recipient=r.recipient,
+            subject=r.subject,
+            body_text=r.body_text,
+            body_html=r.body_html,
+            attempts=r.attempts,
+        )
+        for r in rows
+    ]
+
+
+async def mark_sent(session: AsyncSession, email_id: uuid.UUID, message_id: str) -> None:
+    await session.execute(
+        update(OutboxEmail)
+        .where(OutboxEmail.id == email_id, OutboxEmail.status == "sending")
+        .values(
+            status="sent",
+            sent_at=func.now(),
+            message_id=message_id,
+            lease_expires_at=None,
+            last_error=None,
+            updated_at=func.now(),
+        )
+    )
+
+
+async def mark_retry(
+    session: AsyncSession, email_id: uuid.UUID, error: str, delay_s: float
+) -> None:
+    await session.execute(
+        update(OutboxEmail)
+        .where(OutboxEmail.id == email_id, OutboxEmail.status == "sending")
+        .values(
+            status="pending",
+            next_attempt_at=func.now() + timedelta(seconds=delay_s),
+            lease_expires_at=None,
+            last_error=error,
+            updated_at=func.now(),
+        )
+    )
+
+
+async def mark_failed(session: AsyncSession, email_id: uuid.UUID, error: str) -> None:
+    await session.execute(
+        update(OutboxEmail)
+        .where(OutboxEmail.id == email_id, OutboxEmail.status == "sending")
+        .values(status="failed", lease_expires_at=None, last_error=error, updated_at=func.now())
+    )
+
+
+async def list_outbox(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    limit: int,
+    status: str | None = None,
+    before: datetime | None = None,
+) -> Sequence[OutboxEmail]:
+    statement = select(OutboxEmail).where(OutboxEmail.tenant_id == tenant_id)
+    if status is not None:
+        statement = statement.where(OutboxEmail.status == status)
+    if before is not None:
+        statement = statement.where(OutboxEmail.created_at < before)
+    statement = statement.order_by(OutboxEmail.created_at.desc(), OutboxEmail.id).limit(limit)
+    return (await session.execute(statement)).scalars().all()
+
+
+# --- digests ---------------------------------------------------------------------------------
+
+
+async def claim_digest_slot(
+    session: AsyncSession, *, tenant_id: str, week_start: date, scheduled_for: datetime
+) -> bool:
+    """Insert the (tenant, week) slot; True only for the one caller that created it."""
+    result = await session.execute(
+        insert(DigestSlot)
+        .values(tenant_id=tenant_id, week_start=week_start, scheduled_for=scheduled_for)
+        .on_conflict_do_nothing(index_elements=[DigestSlot.tenant_id, DigestSlot.week_start])
+        .returning(DigestSlot.tenant_id)
+    )
+    return result.scalar_one_or_none() is not None
