@@ -1,0 +1,321 @@
+"""Hourly rollups of each tenant's events, kept up to date inside every load.
+
+One row per (tenant, UTC hour, dimension, value) in ``stats_rollups``: the "all
+events" total (dimension 0) and each of the ten dashboard dimensions. Each row holds
+exact additive sums and four HyperLogLog sketches (Apache DataSketches, lg_k=12,
+HLL_4) of the distinct users, sessions, engaged sessions and converting sessions seen
+in that hour. Sums add up over any range; sketches merge into distinct counts whose
+relative error is bounded (see :data:`RELATIVE_ERROR`).
+
+Hours in UTC serve every timezone whose offset is a whole number of hours, across
+daylight-saving changes, because a local day or hour is always a union of whole UTC
+hours there; other zones (India, Nepal...) are answered from raw events.
+
+Session-level facts are global to the session: a session is engaged if *any* of its
+events, on any day, makes it so. A late event can therefore change an older day; the
+refresh widens the days it rebuilds to every day on which a touched session has events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import datasketches  # type: ignore[import-untyped]
+import structlog
+from sqlalchemy import BigInteger, DateTime, ForeignKey, LargeBinary, Numeric, SmallInteger, Text
+from sqlalchemy import text as sql_text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base, copy_rows
+
+log = structlog.get_logger("app.events.rollups")
+
+LG_K = 12
+_HLL_TYPE = datasketches.tgt_hll_type.HLL_4
+# Confidence of the reported bounds: three standard deviations (99.7%).
+NUM_STD_DEV = 3
+CONFIDENCE = 0.997
+# The bound on |estimate - exact| / exact for a merged (unioned) sketch at that confidence.
+RELATIVE_ERROR: float = abs(datasketches.hll_sketch.get_rel_err(True, True, LG_K, NUM_STD_DEV))
+
+# Same allow-list as the query engine (kept here to avoid an import cycle).
+ROLLUP_DIMENSIONS: tuple[str, ...] = (
+    "event_name",
+    "page_path",
+    "country",
+    "city",
+    "device_category",
+    "os",
+    "browser",
+    "source",
+    "medium",
+    "campaign",
+)
+# How many UTC days one refresh statement aggregates (bounds the memory it uses).
+_DAYS_PER_BATCH = 7
+
+
+class StatsRollup(Base):
+    __tablename__ = "stats_rollups"
+
+    tenant_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    dim: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    pageviews: Mapped[int] = mapped_column(BigInteger)
+    new_users: Mapped[int] = mapped_column(BigInteger)
+    conversions: Mapped[int] = mapped_column(BigInteger)
+    engagement_msec: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[Decimal] = mapped_column(Numeric(24, 6))
+    users_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
+    sessions_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
+    engaged_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
+    converting_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+# --- distinct counts -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistinctCount:
+    """A distinct count: exact, or an HLL estimate with bounds at :data:`CONFIDENCE`."""
+
+    estimate: float
+    lower: float
+    upper: float
+    is_exact: bool
+
+    @property
+    def value(self) -> int:
+        return round(self.estimate)
+
+
+def exact(n: int) -> DistinctCount:
+    return DistinctCount(float(n), float(n), float(n), True)
+
+
+def sketch_of(hashes: Iterable[int]) -> bytes | None:
+    """A compact serialized HLL sketch of 64-bit hashes (None when there are none)."""
+    sketch = datasketches.hll_sketch(LG_K, _HLL_TYPE)
+    empty = True
+    for h in hashes:
+        sketch.update(h)
+        empty = False
+    return None if empty else bytes(sketch.serialize_compact())
+
+
+def merge_sketches(blobs: Sequence[bytes]) -> DistinctCount:
+    """The distinct count of the union of serialized sketches."""
+    if not blobs:
+        return exact(0)
+    union = datasketches.hll_union(LG_K)
+    for blob in blobs:
+        union.update(datasketches.hll_sketch.deserialize(bytes(blob)))
+    result = union.get_result(_HLL_TYPE)
+    return DistinctCount(
+        estimate=result.get_estimate(),
+        lower=result.get_lower_bound(NUM_STD_DEV),
+        upper=result.get_upper_bound(NUM_STD_DEV),
+        is_exact=False,
+    )
+
+
+# --- refresh ----------------------------------------------------------------------------
+
+
+async def conversion_events(session: AsyncSession, tenant_id: str) -> tuple[str, ...]:
+    """The event names the tenant counts as conversions (from the tenants module)."""
+    from app.modules.tenants import get_tenant_config
+
+    config = await get_tenant_config(session, tenant_id)
+    names = config.conversion_events
+    return tuple(sorted(str(n) for n in names))
+
+
+_DIMENSION_VALUES = ", ".join(
+    f"({i}, coalesce(nullif(x.{name}, ''), '(not set)'))"
+    for i, name in enumerate(ROLLUP_DIMENSIONS, start=1)
+)
+
+# The sessions whose events fall in the refreshed window, and every UTC day on which
+# those sessions have events: a late event can change an older day's engaged sessions.
+_SESSION_DAYS = sql_text(
+    """
+    SELECT DISTINCT (s.occurred_at AT TIME ZONE 'UTC')::date AS day
+    FROM events s
+    WHERE s.tenant_id = :tenant_id
+      AND (s.user_id, s.session_id) IN (
+          SELECT e.user_id, e.session_id FROM events e
+          WHERE e.tenant_id = :tenant_id AND e.occurred_at >= :lo AND e.occurred_at < :hi
+            AND (e.occurred_at AT TIME ZONE 'UTC')::date = ANY(:days)
+            AND e.user_id IS NOT NULL AND e.session_id IS NOT NULL)
+    """
+)
+
+_DELETE = sql_text(
+    "DELETE FROM stats_rollups WHERE tenant_id = :tenant_id AND hour >= :lo AND hour < :hi"
+)
+
+_AGGREGATE = sql_text(
+    f"""
+    WITH ev AS (
+        SELECT * FROM events e
+        WHERE e.tenant_id = :tenant_id AND e.occurred_at >= :lo AND e.occurred_at < :hi
+    ),
+    engaged AS (
+        SELECT s.user_id, s.session_id
+        FROM events s
+        WHERE s.tenant_id = :tenant_id
+          AND (s.user_id, s.session_id) IN (
+              SELECT DISTINCT user_id, session_id FROM ev
+              WHERE user_id IS NOT NULL AND session_id IS NOT NULL)
+        GROUP BY s.user_id, s.session_id
+        HAVING coalesce(bool_or(s.session_engaged), false)
+            OR coalesce(sum(s.engagement_time_msec), 0) >= 10000
+            OR count(*) FILTER (WHERE s.event_name = 'page_view') >= 2
+            OR bool_or(s.event_name = ANY(:conversions))
+    ),
+    x AS (
+        SELECT ev.*,
+            date_trunc('hour', ev.occurred_at, 'UTC') AS hour,
+            CASE WHEN ev.user_id IS NOT NULL THEN hashtextextended(ev.user_id, 0) END AS uh,
+            CASE WHEN ev.user_id IS NOT NULL AND ev.session_id IS NOT NULL
+                 THEN hashtextextended(ev.user_id || chr(31) || ev.session_id, 0) END AS sh,
+            g.user_id IS NOT NULL AS is_engaged,
+            ev.event_name = ANY(:conversions) AS is_conversion
+        FROM ev
+        LEFT JOIN engaged g ON g.user_id = ev.user_id AND g.session_id = ev.session_id
+    )
+    SELECT x.hour, d.dim, d.value,
+        count(*) AS events,
+        count(*) FILTER (WHERE x.event_name = 'page_view') AS pageviews,
+        count(*) FILTER (WHERE x.event_name = 'first_visit') AS new_users,
+        count(*) FILTER (WHERE x.is_conversion) AS conversions,
+        coalesce(sum(x.engagement_time_msec), 0) AS engagement_msec,
+        coalesce(sum(x.revenue), 0) AS revenue,
+        array_agg(DISTINCT x.uh) FILTER (WHERE x.uh IS NOT NULL) AS users,
+        array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL) AS sessions,
+        array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_engaged) AS engaged,
+        array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_conversion)
+            AS converting
+    FROM x
+    CROSS JOIN LATERAL (VALUES (0, ''), {_DIMENSION_VALUES}) AS d(dim, value)
+    GROUP BY x.hour, d.dim, d.value
+    """
+)
+
+ROLLUP_COLUMNS = (
+    "tenant_id",
+    "dim",
+    "hour",
+    "value",
+    "events",
+    "pageviews",
+    "new_users",
+    "conversions",
+    "engagement_msec",
+    "revenue",
+    "users_hll",
+    "sessions_hll",
+    "engaged_hll",
+    "converting_hll",
+)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def _batches(days: Collection[date]) -> list[tuple[date, date]]:
+    """Sorted days grouped into runs of consecutive days, each at most a batch long."""
+    runs: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if runs and runs[-1][1] == day and (day - runs[-1][0]).days < _DAYS_PER_BATCH:
+            runs[-1] = (runs[-1][0], day + timedelta(days=1))
+        else:
+            runs.append((day, day + timedelta(days=1)))
+    return runs
+
+
+def _rollup_records(tenant_id: str, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            tenant_id,
+            row.dim,
+            row.hour,
+            row.value,
+            row.events,
+            row.pageviews,
+            row.new_users,
+            row.conversions,
+            int(row.engagement_msec),
+            row.revenue,
+            sketch_of(row.users or ()),
+            sketch_of(row.sessions or ()),
+            sketch_of(row.engaged or ()),
+            sketch_of(row.converting or ()),
+        )
+        for row in rows
+    ]
+
+
+async def _session_days(session: AsyncSession, tenant_id: str, days: Collection[date]) -> set[date]:
+    lo, hi = _day_start(min(days)), _day_start(max(days) + timedelta(days=1))
+    result = await session.execute(
+        _SESSION_DAYS, {"tenant_id": tenant_id, "lo": lo, "hi": hi, "days": sorted(days)}
+    )
+    return {row.day for row in result}
+
+
+async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collection[date]) -> None:
+    """Rebuild the tenant's hourly rollups for the given UTC days (and the days of any
+    session with events on them). Runs in the caller's transaction and only flushes."""
+    if not days:
+        return
+    conversions = list(await conversion_events(session, tenant_id))
+    all_days = set(days) | await _session_days(session, tenant_id, days)
+    written = 0
+    for lo_day, hi_day in _batches(all_days):
+        params = {
+            "tenant_id": tenant_id,
+            "lo": _day_start(lo_day),
+            "hi": _day_start(hi_day),
+            "conversions": conversions,
+        }
+        await session.execute(_DELETE, params)
+        rows = (await session.execute(_AGGREGATE, params)).all()
+        records = await asyncio.to_thread(_rollup_records, tenant_id, rows)
+        written += await copy_rows(session, "stats_rollups", ROLLUP_COLUMNS, records)
+    log.debug(
+        "rollups.refreshed",
+        tenant_id=tenant_id,
+        days=len(all_days),
+        requested_days=len(days),
+        rows=written,
+    )
+
+
+async def rebuild_rollups(session: AsyncSession, tenant_id: str) -> None:
+    """Rebuild every rollup of a tenant, e.g. after its conversion events changed."""
+    result = await session.execute(
+        sql_text(
+            "SELECT DISTINCT (occurred_at AT TIME ZONE 'UTC')::date AS day"
+            " FROM events WHERE tenant_id = :tenant_id"
+        ),
+        {"tenant_id": tenant_id},
+    )
+    days = {row.day for row in result}
+    await session.execute(
+        sql_text("DELETE FROM stats_rollups WHERE tenant_id = :tenant_id"),
+        {"tenant_id": tenant_id},
+    )
+    await refresh_rollups(session, tenant_id, days)
