@@ -10,6 +10,10 @@ from sqlalchemy import text
 from app.core.db import Database
 from app.core.settings import Settings
 from app.modules.notifications import repository
+from tests.fixtures.smtp import smtp_server, smtp_server_context, smtp_tls
+
+# The SMTP fixtures are used only here, so they are imported rather than registered globally.
+__all__ = ["smtp_server", "smtp_server_context", "smtp_tls"]
 
 MakeTenant = Callable[..., Awaitable[str]]
 

@@ -116,6 +116,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     smtp_security: SmtpSecurity = "starttls"
     smtp_from: str = "Pulse <pulse@localhost>"
     smtp_timeout_s: PositiveFloat = 10.0
+    # PEM bundle trusted for the SMTP server's certificate (a private CA); unset: system CAs.
+    smtp_ca_file: str | None = None
+    # Development catcher (PULSE_ENV=development, no smtp_host): its port, 0 = any free one.
+    smtp_catcher_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    notify_poll_interval_s: PositiveFloat = 2.0
+    notify_batch_size: PositiveInt = 50
+    notify_max_attempts: PositiveInt = 20
+    notify_retry_base_s: PositiveFloat = 10.0
+    notify_retry_max_s: PositiveFloat = 1800.0
 
     @property
     def is_production(self) -> bool:

@@ -5,14 +5,20 @@ Public interface (everything other modules may import):
 - :func:`notify_run_outcome` - called by ingestion in the transaction that records a
   run's final outcome.
 - :func:`enqueue_email` - queue a rendered email in the caller's transaction.
-- ``module`` - routes, lifespan hooks.
+- ``module`` - routes and the lifespan hook (sender, digest scheduler, dev catcher).
 """
 
 from __future__ import annotations
 
 from app.modules import Module
+from app.modules.notifications.jobs import notifications_lifespan
+from app.modules.notifications.routes import NotificationsController
 from app.modules.notifications.service import enqueue_email, notify_run_outcome
 
-module = Module(name="notifications")
+module = Module(
+    name="notifications",
+    route_handlers=[NotificationsController],
+    lifespan=[notifications_lifespan],
+)
 
 __all__ = ["enqueue_email", "module", "notify_run_outcome"]

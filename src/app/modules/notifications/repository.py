@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -273,14 +273,17 @@ async def list_outbox(
     *,
     limit: int,
     status: str | None = None,
-    before: datetime | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
 ) -> Sequence[OutboxEmail]:
+    """Newest first; ``after`` is the (created_at, id) of the last row of the previous page."""
     statement = select(OutboxEmail).where(OutboxEmail.tenant_id == tenant_id)
     if status is not None:
         statement = statement.where(OutboxEmail.status == status)
-    if before is not None:
-        statement = statement.where(OutboxEmail.created_at < before)
-    statement = statement.order_by(OutboxEmail.created_at.desc(), OutboxEmail.id).limit(limit)
+    if after is not None:
+        statement = statement.where(tuple_(OutboxEmail.created_at, OutboxEmail.id) < after)
+    statement = statement.order_by(OutboxEmail.created_at.desc(), OutboxEmail.id.desc()).limit(
+        limit
+    )
     return (await session.execute(statement)).scalars().all()
 
 
@@ -298,3 +301,17 @@ async def claim_digest_slot(
         .returning(DigestSlot.tenant_id)
     )
     return result.scalar_one_or_none() is not None
+
+
+async def release(session: AsyncSession, email_ids: Sequence[uuid.UUID]) -> None:
+    """Put claimed but untried emails back as they were (the attempt did not happen)."""
+    await session.execute(
+        update(OutboxEmail)
+        .where(OutboxEmail.id.in_(email_ids), OutboxEmail.status == "sending")
+        .values(
+            status="pending",
+            attempts=func.greatest(OutboxEmail.attempts - 1, 0),
+            lease_expires_at=None,
+            updated_at=func.now(),
+        )
+    )

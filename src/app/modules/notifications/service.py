@@ -12,9 +12,25 @@ from typing import Literal
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.errors import Invalid
 from app.modules.notifications import repository
-from app.modules.notifications.templates import Rendered, RunAlert, render_run_alert
-from app.modules.notifications.tenancy import tenant_profile
+from app.modules.notifications.models import NotificationPreferences
+from app.modules.notifications.schemas import (
+    Alerts,
+    DigestSchedule,
+    NotificationSettings,
+    NotificationSettingsUpdate,
+    OutboxEntry,
+    OutboxPage,
+    TestEmailQueued,
+)
+from app.modules.notifications.templates import (
+    Rendered,
+    RunAlert,
+    render_run_alert,
+    render_test_email,
+)
+from app.modules.notifications.tenancy import TenantProfile, tenant_profile
 
 log = structlog.get_logger("app.notifications")
 
@@ -143,3 +159,138 @@ async def notify_run_outcome(
         kind=kind,
         queued=queued,
     )
+
+
+# --- admin API ---------------------------------------------------------------------------
+
+
+def _settings_view(
+    tenant: TenantProfile, preferences: NotificationPreferences | None
+) -> NotificationSettings:
+    if preferences is None:
+        return NotificationSettings(
+            tenant_id=tenant.id,
+            recipients=[],
+            alerts=Alerts(),
+            digest=DigestSchedule(),
+            timezone=tenant.timezone.key,
+            updated_at=None,
+        )
+    return NotificationSettings(
+        tenant_id=tenant.id,
+        recipients=list(preferences.recipients),
+        alerts=Alerts(
+            import_failed=preferences.import_failed,
+            import_succeeded=preferences.import_succeeded,
+            source_recovered=preferences.source_recovered,
+        ),
+        digest=DigestSchedule(
+            enabled=preferences.weekly_digest,
+            weekday=preferences.digest_weekday,
+            hour=preferences.digest_hour,
+        ),
+        timezone=tenant.timezone.key,
+        updated_at=preferences.updated_at,
+    )
+
+
+async def get_notification_settings(session: AsyncSession, tenant_id: str) -> NotificationSettings:
+    """The tenant's recipients, alert switches and digest schedule (defaults if never set)."""
+    tenant = await tenant_profile(session, tenant_id, required=True)
+    return _settings_view(tenant, await repository.get_preferences(session, tenant_id))
+
+
+async def update_notification_settings(
+    session: AsyncSession, tenant_id: str, update: NotificationSettingsUpdate
+) -> NotificationSettings:
+    """Replace the tenant's notification settings. Addresses are stored lower-cased, once."""
+    tenant = await tenant_profile(session, tenant_id, required=True)
+    recipients = list(dict.fromkeys(address.strip().lower() for address in update.recipients))
+    preferences = await repository.upsert_preferences(
+        session,
+        tenant_id,
+        {
+            "recipients": recipients,
+            "import_failed": update.alerts.import_failed,
+            "import_succeeded": update.alerts.import_succeeded,
+            "source_recovered": update.alerts.source_recovered,
+            "weekly_digest": update.digest.enabled,
+            "digest_weekday": update.digest.weekday,
+            "digest_hour": update.digest.hour,
+        },
+    )
+    log.info("notifications.settings_updated", tenant_id=tenant_id, recipients=len(recipients))
+    return _settings_view(tenant, preferences)
+
+
+def _encode_cursor(created_at: datetime, email_id: uuid.UUID) -> str:
+    return f"{created_at.isoformat()}~{email_id}"
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        stamp, _, email_id = cursor.partition("~")
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return created_at, uuid.UUID(email_id)
+    except ValueError as exc:
+        raise Invalid("cursor is not one this API returned", field="cursor") from exc
+
+
+async def list_outbox(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    limit: int = 50,
+    status: str | None = None,
+    cursor: str | None = None,
+) -> OutboxPage:
+    """The tenant's emails, newest first: status, attempts, last error - never bodies."""
+    await tenant_profile(session, tenant_id, required=True)
+    after = _decode_cursor(cursor) if cursor else None
+    rows = await repository.list_outbox(
+        session, tenant_id, limit=limit + 1, status=status, after=after
+    )
+    page = rows[:limit]
+    items = [
+        OutboxEntry(
+            id=row.id,
+            kind=row.kind,
+            recipient=row.recipient,
+            subject=row.subject,
+            status=row.status,
+            attempts=row.attempts,
+            last_error=row.last_error,
+            created_at=row.created_at,
+            next_attempt_at=row.next_attempt_at,
+            sent_at=row.sent_at,
+        )
+        for row in page
+    ]
+    last = page[-1] if len(rows) > limit and page else None
+    return OutboxPage(
+        items=items, next_cursor=_encode_cursor(last.created_at, last.id) if last else None
+    )
+
+
+async def queue_test_email(
+    session: AsyncSession, tenant_id: str, *, requested_by: str | None = None
+) -> TestEmailQueued:
+    """Queue a test email to every recipient of the tenant (Invalid when there are none)."""
+    tenant = await tenant_profile(session, tenant_id, required=True)
+    preferences = await repository.get_preferences(session, tenant_id)
+    recipients = list(preferences.recipients) if preferences else []
+    if not recipients:
+        raise Invalid("no recipients are configured; PUT some first", field="recipients")
+    message = render_test_email(tenant_name=tenant.name, requested_by=requested_by)
+    queued = await enqueue_email(
+        session,
+        tenant_id=tenant_id,
+        kind="test",
+        event_key=str(uuid.uuid4()),
+        recipients=recipients,
+        message=message,
+    )
+    log.info("notifications.test_email_queued", tenant_id=tenant_id, queued=queued)
+    return TestEmailQueued(queued=queued, recipients=recipients)

@@ -10,6 +10,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.errors import NotFound
 from app.modules.tenants.models import Tenant
 
 log = structlog.get_logger("app.notifications")
@@ -38,12 +39,17 @@ async def zone(name: str) -> ZoneInfo:
     return loaded
 
 
-async def tenant_profile(session: AsyncSession, tenant_id: str) -> TenantProfile:
+async def tenant_profile(
+    session: AsyncSession, tenant_id: str, *, required: bool = False
+) -> TenantProfile:
+    """The tenant's name and timezone; with ``required``, NotFound when there is no tenant."""
     # TODO(tenants): switch to the tenants module's public get_tenant() once it lands;
     # until then this reads the two columns it needs from the foundation's tenants table.
     row = (
         await session.execute(select(Tenant.name, Tenant.timezone).where(Tenant.id == tenant_id))
     ).one_or_none()
     if row is None:
+        if required:
+            raise NotFound(f"tenant {tenant_id!r} does not exist")
         return TenantProfile(id=tenant_id, name=tenant_id, timezone=await zone("UTC"))
     return TenantProfile(id=tenant_id, name=row.name, timezone=await zone(row.timezone))

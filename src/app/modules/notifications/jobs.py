@@ -1,0 +1,84 @@
+"""The module's lifespan: development catcher, outbox sender and digest scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import structlog
+from litestar import Litestar
+
+from app.core.db import Database
+from app.core.settings import Settings
+from app.core.tasks import BackgroundTasks
+from app.modules.notifications.catcher import MailCatcher
+from app.modules.notifications.routes import list_caught_mail
+from app.modules.notifications.sender import OutboxSender
+from app.modules.notifications.service import links
+from app.modules.notifications.smtp import SmtpTarget, target_from_settings
+
+log = structlog.get_logger("app.notifications")
+
+
+async def _delivery_target(
+    app: Litestar, settings: Settings, stack: AsyncExitStack
+) -> SmtpTarget | None:
+    if settings.smtp_host:
+        return await target_from_settings(settings)
+    if settings.env != "development":
+        log.warning(
+            "notifications.smtp_not_configured",
+            detail="PULSE_SMTP_HOST is unset: emails stay queued in the outbox until it is set",
+        )
+        return None
+    catcher = MailCatcher()
+    port = await catcher.start(settings.smtp_catcher_port)
+    stack.push_async_callback(catcher.stop)
+    app.state.mail_catcher = catcher
+    # Registered only here, so the route does not exist outside development.
+    app.register(list_caught_mail)
+    return await target_from_settings(
+        settings, host="127.0.0.1", port=port, security="none", with_auth=False
+    )
+
+
+async def _stop(task: asyncio.Task[Any], stop: Callable[[], None], grace_s: float) -> None:
+    """Ask a loop to stop, give it ``grace_s``, then cancel it."""
+    stop()
+    done, _ = await asyncio.wait({task}, timeout=grace_s)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+
+
+def _spawn(tasks: BackgroundTasks, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[Any]:
+    return tasks.spawn(coro, name=name)
+
+
+@asynccontextmanager
+async def notifications_lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    db: Database = app.state.db
+    tasks: BackgroundTasks = app.state.tasks
+    links.base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    async with AsyncExitStack() as stack:
+        target = await _delivery_target(app, settings, stack)
+        if target is not None:
+            sender = OutboxSender(
+                db,
+                target,
+                batch_size=settings.notify_batch_size,
+                poll_interval_s=settings.notify_poll_interval_s,
+                max_attempts=settings.notify_max_attempts,
+                retry_base_s=settings.notify_retry_base_s,
+                retry_max_s=settings.notify_retry_max_s,
+            )
+            app.state.notifications_sender = sender
+            task = _spawn(tasks, sender.run(), "notifications-sender")
+            # Stops before the catcher (LIFO): the message in flight may finish.
+            stack.push_async_callback(
+                _stop, task, sender.stop, min(settings.shutdown_grace_s, target.timeout_s * 4)
+            )
+        yield

@@ -1,0 +1,104 @@
+"""Admin API for a tenant's email notifications, and the development mailbox."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Request, get, post, put
+from litestar.datastructures import State
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import error_responses
+from app.modules.notifications import service
+from app.modules.notifications.catcher import CaughtMessage, MailCatcher
+from app.modules.notifications.schemas import (
+    NotificationSettings,
+    NotificationSettingsUpdate,
+    OutboxPage,
+    TestEmailQueued,
+)
+
+OutboxStatus = Literal["pending", "sending", "sent", "failed"]
+
+
+async def _wake_sender(request: Request[Any, Any, Any]) -> None:
+    # Runs after the response, i.e. after the request's transaction committed.
+    sender = getattr(request.app.state, "notifications_sender", None)
+    if sender is not None:
+        sender.wake()
+
+
+class NotificationsController(Controller):
+    path = "/api/v1/tenants/{tenant_id:str}/notifications"
+    tags = ["notifications"]
+    opt = {"role": "admin"}
+
+    @get(
+        "",
+        operation_id="getNotificationSettings",
+        summary="Recipients, alert switches and the weekly digest schedule",
+        responses=error_responses(401, 403, 404),
+    )
+    async def get_settings(self, tenant_id: str, db_session: AsyncSession) -> NotificationSettings:
+        return await service.get_notification_settings(db_session, tenant_id)
+
+    @put(
+        "",
+        operation_id="putNotificationSettings",
+        summary="Replace recipients, alert switches and the digest schedule",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def put_settings(
+        self, tenant_id: str, data: NotificationSettingsUpdate, db_session: AsyncSession
+    ) -> NotificationSettings:
+        return await service.update_notification_settings(db_session, tenant_id, data)
+
+    @get(
+        "/outbox",
+        operation_id="listNotificationOutbox",
+        summary="Recent emails with status, attempts and last error (newest first)",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def list_outbox(
+        self,
+        tenant_id: str,
+        db_session: AsyncSession,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        status: OutboxStatus | None = None,
+        cursor: str | None = None,
+    ) -> OutboxPage:
+        return await service.list_outbox(
+            db_session, tenant_id, limit=limit, status=status, cursor=cursor
+        )
+
+    @post(
+        "/test",
+        operation_id="sendTestNotification",
+        summary="Queue a test email to every recipient",
+        status_code=202,
+        responses=error_responses(400, 401, 403, 404),
+        after_response=_wake_sender,
+    )
+    async def send_test(
+        self, tenant_id: str, db_session: AsyncSession, request: Request[Any, Any, Any]
+    ) -> TestEmailQueued:
+        subject = getattr(request.scope.get("user"), "subject", None)
+        return await service.queue_test_email(
+            db_session, tenant_id, requested_by=subject if isinstance(subject, str) else None
+        )
+
+
+@get(
+    "/api/v1/dev/mail",
+    operation_id="listCaughtMail",
+    tags=["development"],
+    summary="Emails caught by the development SMTP catcher (development only)",
+    opt={"public": True},
+    sync_to_thread=False,
+)
+def list_caught_mail(
+    state: State, limit: Annotated[int, Parameter(ge=1, le=200)] = 50
+) -> list[CaughtMessage]:
+    catcher: MailCatcher = state.mail_catcher
+    return catcher.recent(limit)
