@@ -26,6 +26,10 @@ from tests.fixtures.postgres import (
     with_database,
 )
 
+pytest_plugins = [
+    "tests.fixtures.oidc",
+]
+
 
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> Iterator[str]:
@@ -59,6 +63,8 @@ def blockbuster(database_url: str) -> Iterator[BlockBuster]:
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
+    from tests.fixtures.oidc import AUDIENCE, default_issuer
+
     values: dict[str, object] = {
         "env": "test",
         "database_url": database_url,
@@ -66,6 +72,9 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "secret_key": "test-secret-key-not-for-production",
         "db_pool_size": 5,
         "db_max_overflow": 5,
+        # Auth: the loopback test issuer (tests/fixtures/oidc.py); use token_for/auth_headers.
+        "oidc_issuer": default_issuer().issuer,
+        "oidc_audience": AUDIENCE,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

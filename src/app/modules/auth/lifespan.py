@@ -1,0 +1,156 @@
+"""Start-up of the auth module: build the authenticator, prefetch keys in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from litestar import Litestar
+from prometheus_client import Counter
+
+from app.core.lifespan import ConfigurationError
+from app.core.settings import Settings
+from app.modules.auth.claims import ClaimMapping
+from app.modules.auth.dev_issuer import (
+    DevIssuer,
+    DevIssuerRefused,
+    dev_issuer_enabled,
+)
+from app.modules.auth.introspection import Introspector
+from app.modules.auth.jwks import HttpKeySource, JwksCache, KeySource, StaticKeySource
+from app.modules.auth.service import Authenticator
+from app.modules.auth.tokens import TokenValidator
+
+log = structlog.get_logger("app.auth")
+
+# Bound for IdP calls: never longer than the app-wide HTTP timeout, never more than 5 s.
+IDP_TIMEOUT_CAP_S = 5.0
+
+
+def build_authenticator(settings: Settings, state: Any) -> Authenticator:
+    """The authenticator for these settings; sets ``state.dev_issuer`` when it runs."""
+    mapping = ClaimMapping.from_settings(settings)
+    timeout_s = min(settings.http_timeout_s, IDP_TIMEOUT_CAP_S)
+    source: KeySource | None = None
+    issuer = settings.oidc_issuer
+    if issuer:
+        source = HttpKeySource(state.http, issuer, timeout_s=timeout_s)
+    elif dev_issuer_enabled(settings):
+        raise RuntimeError("the development issuer is set up by the lifespan")
+    jwks_counter = _fetch_counter(state)
+    keys = None
+    validator = None
+    if source is not None and issuer:
+        keys = JwksCache(
+            source,
+            issuer=issuer,
+            cooldown_s=settings.oidc_jwks_cooldown_s,
+            max_stale_s=settings.oidc_jwks_max_stale_s,
+            on_fetch=lambda outcome: jwks_counter.labels(outcome=outcome).inc(),
+        )
+        validator = _validator(settings, issuer, keys, mapping)
+    introspector = None
+    if (
+        settings.oidc_introspection_url
+        and settings.oidc_introspection_client_id
+        and settings.oidc_introspection_client_secret
+    ):
+        introspector = Introspector(
+            state.http,
+            url=settings.oidc_introspection_url,
+            client_id=settings.oidc_introspection_client_id,
+            client_secret=settings.oidc_introspection_client_secret,
+            mapping=mapping,
+            audience=settings.oidc_audience,
+            issuer=issuer,
+            cache_s=settings.oidc_introspection_cache_s,
+            timeout_s=timeout_s,
+        )
+    return Authenticator(issuer=issuer, validator=validator, keys=keys, introspector=introspector)
+
+
+def _validator(
+    settings: Settings, issuer: str, keys: JwksCache, mapping: ClaimMapping
+) -> TokenValidator:
+    return TokenValidator(
+        issuer=issuer,
+        audience=settings.oidc_audience,
+        algorithms=frozenset(a.strip() for a in settings.oidc_algorithms.split(",") if a.strip()),
+        leeway_s=settings.oidc_leeway_s,
+        strict_typ=settings.oidc_strict_typ,
+        keys=keys,
+        mapping=mapping,
+    )
+
+
+def _fetch_counter(state: Any) -> Counter:
+    registry = state.metrics.registry
+    existing = getattr(state, "_auth_jwks_counter", None)
+    if existing is not None:
+        return existing  # type: ignore[no-any-return]
+    counter = Counter(
+        "pulse_oidc_jwks_fetches",
+        "JWKS fetches by outcome.",
+        ["outcome"],
+        registry=registry,
+    )
+    state._auth_jwks_counter = counter
+    return counter
+
+
+async def _dev_authenticator(settings: Settings, state: Any) -> Authenticator:
+    try:
+        dev = await asyncio.to_thread(DevIssuer.from_settings, settings)
+    except DevIssuerRefused as exc:
+        raise ConfigurationError(str(exc)) from exc
+    state.dev_issuer = dev
+    mapping = ClaimMapping.from_settings(settings)
+    keys = JwksCache(
+        StaticKeySource(dev.key_set),
+        issuer=dev.issuer,
+        cooldown_s=settings.oidc_jwks_cooldown_s,
+        max_stale_s=settings.oidc_jwks_max_stale_s,
+    )
+    await keys.refresh()
+    log.warning(
+        "auth.dev_issuer_running",
+        issuer=dev.issuer,
+        hint="python -m app token --tenant demo --role admin",
+    )
+    validator = _validator(settings, dev.issuer, keys, mapping)
+    return Authenticator(issuer=dev.issuer, validator=validator, keys=keys)
+
+
+@asynccontextmanager
+async def auth_lifespan(app: Litestar) -> AsyncIterator[None]:
+    state: Any = app.state
+    settings: Settings = state.settings
+    if dev_issuer_enabled(settings):
+        authenticator = await _dev_authenticator(settings, state)
+    elif settings.oidc_issuer or settings.oidc_introspection_url:
+        authenticator = build_authenticator(settings, state)
+    elif settings.is_production:
+        raise ConfigurationError(
+            "PULSE_OIDC_ISSUER is required when PULSE_ENV=production"
+            " (the development issuer never runs in production)"
+        )
+    else:
+        log.warning("auth.no_issuer", env=settings.env, effect="every token is refused with 503")
+        authenticator = Authenticator(issuer=None, validator=None, keys=None)
+    state.auth = authenticator
+    refresher = None
+    if authenticator.keys is not None and not dev_issuer_enabled(settings):
+        # The first run is the prefetch: start-up never waits for (or fails on) the IdP.
+        refresher = state.tasks.spawn(authenticator.keys.run(), name="oidc-jwks-refresh")
+    try:
+        yield
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        await authenticator.close()

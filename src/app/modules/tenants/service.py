@@ -1,0 +1,176 @@
+"""Tenants: create, read, change, delete. Sessions are passed in; nothing commits here.
+
+Deleting a tenant deletes its row; every tenant-owned table references ``tenants.id``
+with ``ON DELETE CASCADE``, so PostgreSQL removes all of the tenant's data in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zoneinfo
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import Conflict, Invalid, NotFound
+from app.modules.tenants import models
+from app.modules.tenants.schemas import (
+    DEFAULT_CONVERSION_EVENTS,
+    Tenant,
+    TenantConfig,
+    TenantCreate,
+    TenantPage,
+    TenantSettings,
+    TenantUpdate,
+)
+
+_SETTINGS_FIELDS = frozenset(f.name for f in msgspec.structs.fields(TenantSettings))
+_zone_names: frozenset[str] | None = None
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules", "leapseconds", "leap-seconds"})
+_zone_lock = asyncio.Lock()
+
+
+async def known_timezones() -> frozenset[str]:
+    """IANA zone names, read once from the tz database off the event loop."""
+    global _zone_names
+    if _zone_names is None:
+        async with _zone_lock:
+            if _zone_names is None:
+                names = await asyncio.to_thread(zoneinfo.available_timezones)
+                # System tz directories also hold files that are not zones one should pick.
+                _zone_names = frozenset(names - _NOT_ZONES)
+    return _zone_names
+
+
+async def validate_timezone(name: str) -> str:
+    if name not in await known_timezones():
+        raise Invalid(f"{name!r} is not an IANA time zone (e.g. Europe/Berlin).", field="timezone")
+    return name
+
+
+_zones: dict[str, zoneinfo.ZoneInfo] = {}
+
+
+async def load_zone(name: str) -> zoneinfo.ZoneInfo:
+    """A ``ZoneInfo`` for a tenant's timezone; the first load reads tz files off the loop."""
+    zone = _zones.get(name)
+    if zone is None:
+        zone = await asyncio.to_thread(zoneinfo.ZoneInfo, name)
+        _zones[name] = zone
+    return zone
+
+
+def _settings(raw: dict[str, Any] | None) -> TenantSettings:
+    known = {k: v for k, v in (raw or {}).items() if k in _SETTINGS_FIELDS}
+    return msgspec.convert(known, TenantSettings)
+
+
+def _to_schema(row: models.Tenant) -> Tenant:
+    return Tenant(
+        id=row.id,
+        name=row.name,
+        timezone=row.timezone,
+        settings=_settings(row.settings),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def create_tenant(session: AsyncSession, data: TenantCreate) -> Tenant:
+    """Insert a tenant. Conflict if the id is taken; Invalid for a bad timezone."""
+    await validate_timezone(data.timezone)
+    statement = (
+        insert(models.Tenant)
+        .values(
+            id=data.id,
+            name=data.name,
+            timezone=data.timezone,
+            settings=msgspec.to_builtins(data.settings),
+        )
+        .on_conflict_do_nothing(index_elements=[models.Tenant.id])
+        .returning(models.Tenant)
+    )
+    row = (await session.execute(statement)).scalar_one_or_none()
+    if row is None:
+        raise Conflict(f"A tenant {data.id!r} already exists.", extra={"tenant_id": data.id})
+    return _to_schema(row)
+
+
+async def get_tenant(session: AsyncSession, tenant_id: str) -> Tenant:
+    """The tenant, or NotFound."""
+    row = await session.get(models.Tenant, tenant_id)
+    if row is None:
+        raise NotFound(f"No tenant {tenant_id!r}.")
+    return _to_schema(row)
+
+
+async def list_tenants(
+    session: AsyncSession, *, limit: int = 50, cursor: str | None = None
+) -> TenantPage:
+    """Tenants ordered by id, ``limit`` at a time; pass ``next_cursor`` back for the next page."""
+    statement = select(models.Tenant).order_by(models.Tenant.id).limit(limit + 1)
+    if cursor is not None:
+        statement = statement.where(models.Tenant.id > cursor)
+    rows = list((await session.execute(statement)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return TenantPage(
+        items=[_to_schema(r) for r in rows], next_cursor=rows[-1].id if more and rows else None
+    )
+
+
+async def update_tenant(session: AsyncSession, tenant_id: str, data: TenantUpdate) -> Tenant:
+    """Change the given fields; NotFound if there is no such tenant."""
+    values: dict[str, Any] = {}
+    if data.name is not msgspec.UNSET:
+        values["name"] = data.name
+    if data.timezone is not msgspec.UNSET:
+        values["timezone"] = await validate_timezone(data.timezone)
+    if data.settings is not msgspec.UNSET:
+        values["settings"] = msgspec.to_builtins(data.settings)
+    if not values:
+        return await get_tenant(session, tenant_id)
+    statement = (
+        update(models.Tenant)
+        .where(models.Tenant.id == tenant_id)
+        .values(**values, updated_at=func.now())
+        .returning(models.Tenant)
+        .execution_options(synchronize_session=False)
+    )
+    row = (await session.execute(statement)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"No tenant {tenant_id!r}.")
+    return _to_schema(row)
+
+
+async def delete_tenant(session: AsyncSession, tenant_id: str) -> None:
+    """Delete the tenant and, through ON DELETE CASCADE, all of its data."""
+    statement = delete(models.Tenant).where(models.Tenant.id == tenant_id)
+    result = await session.execute(statement.returning(models.Tenant.id))
+    if result.scalar_one_or_none() is None:
+        raise NotFound(f"No tenant {tenant_id!r}.")
+
+
+async def tenant_exists(session: AsyncSession, tenant_id: str) -> bool:
+    statement = select(models.Tenant.id).where(models.Tenant.id == tenant_id)
+    return (await session.execute(statement)).scalar_one_or_none() is not None
+
+
+async def get_tenant_config(session: AsyncSession, tenant_id: str) -> TenantConfig:
+    """Timezone and settings of a tenant (for rollups, stats, digests); NotFound if absent."""
+    statement = select(models.Tenant.timezone, models.Tenant.settings).where(
+        models.Tenant.id == tenant_id
+    )
+    row = (await session.execute(statement)).one_or_none()
+    if row is None:
+        raise NotFound(f"No tenant {tenant_id!r}.")
+    settings = _settings(row.settings)
+    return TenantConfig(
+        tenant_id=tenant_id,
+        timezone=row.timezone,
+        conversion_events=tuple(settings.conversion_events or DEFAULT_CONVERSION_EVENTS),
+    )

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import httpx
+
+from tests.fixtures.oidc import AuthHeaders
+
+
+async def test_me_without_token_is_401_with_plain_bearer_challenge(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="pulse"'
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_me_returns_subject_tenants_and_roles(
+    client: httpx.AsyncClient, auth_headers: AuthHeaders
+) -> None:
+    response = await client.get("/api/v1/me", headers=auth_headers(["acme", "beta"], "viewer"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["subject"] == "user-multi"
+    assert body["tenants"] == ["acme", "beta"]
+    assert body["roles"] == ["viewer"]
+    assert body["is_operator"] is False
+
+
+async def test_public_routes_need_no_token(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health/live")).status_code == 200
+    assert (await client.get("/metrics")).status_code == 200
+    assert (await client.get("/schema/openapi.json")).status_code == 200
