@@ -55,4 +55,7 @@ async def run_migrations_online() -> None:
 if context.is_offline_mode():
     run_migrations_offline()
 else:
+    # Read every migration script now, before our event loop runs: file I/O inside a
+    # running loop would block it (and blockbuster rightly says so in the tests).
+    _ = context.script.revision_map.heads
     asyncio.run(run_migrations_online())

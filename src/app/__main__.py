@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 from app.core.settings import Settings, SettingsError, load_settings
 
@@ -16,6 +17,15 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
+
+    class _GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which kills the
+        process before atexit handlers flush the log queue. A handled signal is a clean
+        exit for Pulse: forget it once recorded."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
 
     from app.main import create_app
 
@@ -32,7 +42,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # In-flight requests get this long after SIGTERM; background work has its own grace.
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _GracefulServer(config)
     server.run()
     return 0 if server.started else 1
 

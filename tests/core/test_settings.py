@@ -62,11 +62,11 @@ def test_production_requires_database_url_and_secret_key() -> None:
 def test_dotenv_fills_gaps_and_real_environment_wins(tmp_path: Path) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text(
-        "# comment\nPULSE_PORT=9001\nexport PULSE_HOST='0.0.0.0'\nPULSE_LOG_LEVEL=DEBUG\n"
+        "# comment\nPULSE_PORT=9001\nexport PULSE_HOST='10.1.2.3'\nPULSE_LOG_LEVEL=DEBUG\n"
     )
     settings = load_settings({"PULSE_LOG_LEVEL": "ERROR"}, dotenv=dotenv)
     assert settings.port == 9001
-    assert settings.host == "0.0.0.0"
+    assert settings.host == "10.1.2.3"
     assert settings.log_level == "ERROR"
 
 

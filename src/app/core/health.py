@@ -37,7 +37,9 @@ async def check_database(state: State) -> list[str]:
     except TimeoutError:
         return ["database: no answer within the readiness timeout"]
     except Exception as exc:
-        if not is_database_unavailable(exc):
+        if is_database_unavailable(exc):
+            log.warning("health.database_unreachable", error=str(exc))
+        else:
             log.exception("health.database_check_failed")
         return [f"database: unreachable ({type(exc).__name__})"]
     head: frozenset[str] = state.migration_head

@@ -37,14 +37,20 @@ class _DeferredQueueHandler(logging.handlers.QueueHandler):
 _listener: logging.handlers.QueueListener | None = None
 
 
+_queue_handler: _DeferredQueueHandler | None = None
+
+
 def _start_listener(handler: logging.Handler) -> logging.Handler:
-    global _listener
-    if _listener is not None:
-        _listener.stop()
+    """One listener thread per process; reconfiguring swaps its handler without a join."""
+    global _listener, _queue_handler
+    if _listener is not None and _queue_handler is not None:
+        _listener.handlers = (handler,)
+        return _queue_handler
     log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     _listener = logging.handlers.QueueListener(log_queue, handler, respect_handler_level=True)
     _listener.start()
-    return _DeferredQueueHandler(log_queue)
+    _queue_handler = _DeferredQueueHandler(log_queue)
+    return _queue_handler
 
 
 @atexit.register
