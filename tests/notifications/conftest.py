@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from sqlalchemy import text
 
 from app.core.db import Database
 from app.core.settings import Settings
 from app.modules.notifications import repository
+from app.modules.tenants import TenantCreate, create_tenant, tenant_exists
 from tests.fixtures.smtp import smtp_server, smtp_server_context, smtp_tls
 
 # The SMTP fixtures are used only here, so they are imported rather than registered globally.
@@ -29,7 +29,7 @@ async def db(settings: Settings, database_url: str, clean_tables: None) -> Async
 
 @pytest.fixture
 def tenant_with_recipients(db: Database) -> MakeTenant:
-    """Insert a tenant row and its notification preferences straight into the database."""
+    """Create a tenant (tenants service) and set its notification preferences."""
 
     async def make(
         tenant_id: str = "acme",
@@ -40,13 +40,10 @@ def tenant_with_recipients(db: Database) -> MakeTenant:
         **preferences: object,
     ) -> str:
         async with db.session() as session:
-            await session.execute(
-                text(
-                    "INSERT INTO tenants (id, name, timezone) VALUES (:id, :name, :tz)"
-                    " ON CONFLICT (id) DO NOTHING"
-                ),
-                {"id": tenant_id, "name": name, "tz": timezone},
-            )
+            if not await tenant_exists(session, tenant_id):
+                await create_tenant(
+                    session, TenantCreate(id=tenant_id, name=name, timezone=timezone)
+                )
             await repository.upsert_preferences(
                 session,
                 tenant_id,

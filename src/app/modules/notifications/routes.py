@@ -10,6 +10,7 @@ from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import error_responses
+from app.modules.auth import Principal
 from app.modules.notifications import service
 from app.modules.notifications.catcher import CaughtMessage, MailCatcher
 from app.modules.notifications.schemas import (
@@ -81,12 +82,9 @@ class NotificationsController(Controller):
         after_response=_wake_sender,
     )
     async def send_test(
-        self, tenant_id: str, db_session: AsyncSession, request: Request[Any, Any, Any]
+        self, tenant_id: str, db_session: AsyncSession, principal: Principal
     ) -> TestEmailQueued:
-        subject = getattr(request.scope.get("user"), "subject", None)
-        return await service.queue_test_email(
-            db_session, tenant_id, requested_by=subject if isinstance(subject, str) else None
-        )
+        return await service.queue_test_email(db_session, tenant_id, requested_by=principal.subject)
 
 
 @get(
