@@ -33,6 +33,7 @@ class LoopWatchdog:
         self.max_lag_s = 0.0
         self.samples = 0
         self.blocked_reports = 0
+        self.last_blocked_stack: str | None = None
 
     def reset_max(self) -> None:
         self.max_lag_s = 0.0
@@ -69,4 +70,5 @@ class LoopWatchdog:
             self.blocked_reports += 1
             frame = sys._current_frames().get(self._loop_thread_id or 0)
             stack = "".join(traceback.format_stack(frame, limit=20)) if frame else "unavailable"
+            self.last_blocked_stack = stack
             log.warning("loop.blocked", blocked_ms=round(stalled * 1000, 1), stack=stack)
