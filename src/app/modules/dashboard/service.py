@@ -111,8 +111,9 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 def derive(metrics: Iterable[str], agg: Aggregates) -> dict[str, MetricValue]:
     """GA4-style metrics from base aggregates (definitions in docs/dashboard.md)."""
-    sessions = agg.sessions.estimate
-    engaged = min(agg.engaged_sessions.estimate, sessions)
+    # Ratios use the same whole numbers the response shows for their parts.
+    sessions = agg.sessions.value
+    engaged = min(agg.engaged_sessions.value, sessions)
     out: dict[str, MetricValue] = {}
     for metric in metrics:
         value: MetricValue
@@ -131,7 +132,7 @@ def derive(metrics: Iterable[str], agg: Aggregates) -> dict[str, MetricValue]:
         elif metric == "views_per_session":
             value = _ratio(agg.pageviews, sessions)
         elif metric == "conversion_rate":
-            rate = _ratio(agg.converting_sessions.estimate, sessions)
+            rate = _ratio(agg.converting_sessions.value, sessions)
             value = None if rate is None else min(rate, 1.0)
         else:  # pragma: no cover - parsing allows only the metrics above
             raise AssertionError(metric)
@@ -277,7 +278,7 @@ async def _run_period(
         totals=totals,
         labels=labels,
         approximate="rollups" in sources,
-        source="rollups" if sources == {"rollups"} else "events",
+        source=sources.pop() if len(sources) == 1 else "mixed",
     )
 
 
