@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+import msgspec
+
 from app.core.settings import Settings, SettingsError, load_settings
 
 Command = Callable[[Settings, argparse.Namespace], int]
@@ -70,10 +72,24 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     """Development launcher: Pulse plus its world on loopback. Never in production."""
     if settings.env != "development":
         raise SettingsError([f"`dev` runs only with PULSE_ENV=development (got {settings.env})"])
-    return _serve(settings, args)
+    import uvloop
+
+    from app.dev.launcher import run_dev
+
+    if args.host or args.port:
+        settings = msgspec.structs.replace(
+            settings, host=args.host or settings.host, port=args.port or settings.port
+        )
+    return uvloop.run(run_dev(settings))
 
 
-COMMANDS: dict[str, Command] = {"serve": _serve, "migrate": _migrate, "dev": _dev}
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from app.modules.auth.cli import token_command
+
+    return token_command(settings, args)
+
+
+COMMANDS: dict[str, Command] = {"serve": _serve, "migrate": _migrate, "dev": _dev, "token": _token}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="development: Pulse with embedded services and demo data")
     dev.add_argument("--host")
     dev.add_argument("--port", type=int)
+    token = sub.add_parser("token", help="development: mint an access token (prints only it)")
+    token.add_argument("--tenant", action="append", help="tenant id (repeat for several)")
+    token.add_argument("--role", choices=["viewer", "admin", "operator"], default="admin")
+    token.add_argument("--subject", default="dev-user")
+    token.add_argument("--ttl", type=int, default=8 * 3600, help="lifetime in seconds")
     return parser
 
 

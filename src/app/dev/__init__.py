@@ -1,0 +1,1 @@
+"""Development-only world around Pulse (`python -m app dev`). Never imported in production."""
