@@ -42,7 +42,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         access_log=False,
         proxy_headers=True,
         # In-flight requests get this long after SIGTERM; background work has its own grace.
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=3,
     )
     server = _GracefulServer(config)
     server.run()

@@ -49,7 +49,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_format: LogFormat | None = None
     data_dir: str = ".data"
     public_url: str | None = None
-    shutdown_grace_s: PositiveFloat = 20.0
+    # After SIGTERM: in-flight requests get 3 s, then running imports get this long to finish
+    # before they are cancelled and re-queued; the two together stay under 10 s.
+    shutdown_grace_s: PositiveFloat = 6.0
 
     # --- database ----------------------------------------------------------
     database_url: str | None = None

@@ -185,7 +185,7 @@ async def run_dev(settings: Settings) -> int:
             lifespan="on",
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=3,
         )
         server = uvicorn.Server(config)
         serving = asyncio.create_task(server.serve(), name="uvicorn")
