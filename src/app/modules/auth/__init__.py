@@ -13,6 +13,7 @@ from litestar.di import Provide
 
 from app.modules import Module
 from app.modules.auth.deps import provide_principal
+from app.modules.auth.dev_authorize import DevAuthorizeController
 from app.modules.auth.guards import require_access
 from app.modules.auth.lifespan import auth_lifespan
 from app.modules.auth.principal import ROLES, Principal, Role
@@ -20,7 +21,7 @@ from app.modules.auth.routes import DevIssuerController, MeController
 
 module = Module(
     name="auth",
-    route_handlers=[MeController, DevIssuerController],
+    route_handlers=[MeController, DevIssuerController, DevAuthorizeController],
     dependencies={"principal": Provide(provide_principal, sync_to_thread=False)},
     guards=[require_access],
     lifespan=[auth_lifespan],

@@ -119,8 +119,13 @@ class DevIssuer:
             "issuer": self.issuer,
             "jwks_uri": self.issuer + "/jwks.json",
             "id_token_signing_alg_values_supported": [DEV_ALGORITHM],
-            "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
+            # Sign-in for the web dashboard: app.modules.auth.dev_authorize.
+            "authorization_endpoint": self.issuer + "/authorize",
+            "token_endpoint": self.issuer + "/token",
+            "end_session_endpoint": self.issuer + "/logout",
+            "response_types_supported": ["code"],
+            "code_challenge_methods_supported": ["S256"],
         }
 
     def mint(
