@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ from app.core.db import Database
 from app.core.settings import Settings
 from app.core.tasks import BackgroundTasks
 from app.modules.notifications.catcher import MailCatcher
+from app.modules.notifications.digest import DigestScheduler
 from app.modules.notifications.routes import list_caught_mail
 from app.modules.notifications.sender import OutboxSender
 from app.modules.notifications.service import links
@@ -53,10 +54,6 @@ async def _stop(task: asyncio.Task[Any], stop: Callable[[], None], grace_s: floa
         await asyncio.wait({task}, timeout=5)
 
 
-def _spawn(tasks: BackgroundTasks, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[Any]:
-    return tasks.spawn(coro, name=name)
-
-
 @asynccontextmanager
 async def notifications_lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -65,6 +62,7 @@ async def notifications_lifespan(app: Litestar) -> AsyncIterator[None]:
     links.base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
     async with AsyncExitStack() as stack:
         target = await _delivery_target(app, settings, stack)
+        sender: OutboxSender | None = None
         if target is not None:
             sender = OutboxSender(
                 db,
@@ -76,9 +74,18 @@ async def notifications_lifespan(app: Litestar) -> AsyncIterator[None]:
                 retry_max_s=settings.notify_retry_max_s,
             )
             app.state.notifications_sender = sender
-            task = _spawn(tasks, sender.run(), "notifications-sender")
+            task = tasks.spawn(sender.run(), name="notifications-sender")
             # Stops before the catcher (LIFO): the message in flight may finish.
             stack.push_async_callback(
                 _stop, task, sender.stop, min(settings.shutdown_grace_s, target.timeout_s * 4)
             )
+        # The same timer period as the import scheduler; the unique (tenant, week) key makes
+        # every replica's scheduler safe to run at once.
+        digests = DigestScheduler(
+            db,
+            interval_s=settings.scheduler_interval_s,
+            on_queued=sender.wake if sender is not None else None,
+        )
+        digest_task = tasks.spawn(digests.run(), name="notifications-digest")
+        stack.push_async_callback(_stop, digest_task, digests.stop, 10.0)
         yield

@@ -315,3 +315,13 @@ async def release(session: AsyncSession, email_ids: Sequence[uuid.UUID]) -> None
             updated_at=func.now(),
         )
     )
+
+
+async def recent_digest_slots(
+    session: AsyncSession, *, since: datetime
+) -> frozenset[tuple[str, date]]:
+    """(tenant, week) of every digest scheduled after ``since``: lets a tick skip them."""
+    result = await session.execute(
+        select(DigestSlot.tenant_id, DigestSlot.week_start).where(DigestSlot.scheduled_for > since)
+    )
+    return frozenset((row.tenant_id, row.week_start) for row in result)

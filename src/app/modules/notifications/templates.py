@@ -11,6 +11,7 @@ import html
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import date
 from string import Template
 
 # Characters that break a header or a line: C0/C1 controls, DEL, Unicode line/paragraph
@@ -180,3 +181,128 @@ def render_test_email(*, tenant_name: str, requested_by: str | None) -> Rendered
         "<p>If you can read it, notifications for this tenant reach you.</p>\n"
     )
     return layout(title="Test email", tenant=tenant_name, content_html=content, content_text=text)
+
+
+# --- weekly digest -----------------------------------------------------------------------
+
+MetricValue = float | int | None
+
+_DIGEST_LABELS = {
+    "users": "Users",
+    "sessions": "Sessions",
+    "pageviews": "Pageviews",
+    "conversions": "Conversions",
+    "revenue": "Revenue",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DigestView:
+    tenant_name: str
+    first_day: date
+    last_day: date
+    current: dict[str, MetricValue]
+    previous: dict[str, MetricValue]
+    change: dict[str, MetricValue]  # relative: 0.25 = +25 %
+    top_pages: list[tuple[str, float | int]]
+    top_sources: list[tuple[str, float | int]]
+    # Metrics that are estimates, with their relative error bound (0.01 = 1 %) if known.
+    approximate: dict[str, float | None]
+
+
+def format_metric(metric: str, value: MetricValue) -> str:
+    if value is None:
+        return "-"
+    if metric == "revenue":
+        return f"{value:,.2f}"
+    return f"{round(value):,}"
+
+
+def format_change(current: MetricValue, previous: MetricValue, change: MetricValue) -> str:
+    if change is not None:
+        return f"{change * 100:+.1f}%"
+    if previous in (None, 0) and current:
+        return "new"
+    return "-"
+
+
+def render_digest(view: DigestView) -> Rendered:
+    period = f"{view.first_day:%a %d %b %Y} to {view.last_day:%a %d %b %Y}"
+    days = f"{view.first_day:%d %b} to {view.last_day:%d %b %Y}"
+    title = f"Weekly digest: {one_line(view.tenant_name)}, {days}"
+    rows = [
+        (
+            _DIGEST_LABELS[m],
+            format_metric(m, view.current.get(m)),
+            format_metric(m, view.previous.get(m)),
+            format_change(view.current.get(m), view.previous.get(m), view.change.get(m)),
+        )
+        for m in _DIGEST_LABELS
+    ]
+    pages = [
+        (one_line(p, 120) or "(not set)", format_metric("pageviews", v)) for p, v in view.top_pages
+    ]
+    sources = [
+        (one_line(s, 120) or "(not set)", format_metric("sessions", v)) for s, v in view.top_sources
+    ]
+    note = ""
+    estimated = [label for m, label in _DIGEST_LABELS.items() if m in view.approximate]
+    if estimated:
+        names = " and ".join(
+            [", ".join(estimated[:-1]), estimated[-1]] if len(estimated) > 1 else estimated
+        )
+        bounds = [e for e in view.approximate.values() if e is not None]
+        within = f", within {max(bounds) * 100:.1f}%" if bounds else ""
+        note = f"{names} are estimates (distinct counts from sketches{within})."
+
+    text_lines = [f"Your week in numbers, {period}, compared with the 7 days before.", ""]
+    text_lines.append(f"{'':<13}{'This week':>14}{'Week before':>14}{'Change':>10}")
+    text_lines += [f"{label:<13}{cur:>14}{prev:>14}{chg:>10}" for label, cur, prev, chg in rows]
+    for heading, items, unit in (
+        ("Top pages", pages, "pageviews"),
+        ("Top sources", sources, "sessions"),
+    ):
+        text_lines += ["", f"{heading} ({unit}):"]
+        text_lines += [f"  {value:>10}  {name}" for name, value in items] or ["  no data"]
+    if note:
+        text_lines += ["", note]
+
+    head = "".join(
+        f'<th align="{a}" style="padding: 4px 10px;">{h}</th>'
+        for h, a in (
+            ("", "left"),
+            ("This week", "right"),
+            ("Week before", "right"),
+            ("Change", "right"),
+        )
+    )
+    body = "".join(
+        f'<tr><th align="left" style="padding: 4px 10px;">{escape(label)}</th>'
+        + "".join(
+            f'<td align="right" style="padding: 4px 10px;">{escape(v)}</td>'
+            for v in (cur, prev, chg)
+        )
+        + "</tr>"
+        for label, cur, prev, chg in rows
+    )
+    html_parts = [
+        f"<p>Your week in numbers, {escape(period)}, compared with the 7 days before.</p>",
+        f'<table style="border-collapse: collapse;"><tr>{head}</tr>{body}</table>',
+    ]
+    for heading, items, unit in (
+        ("Top pages", pages, "pageviews"),
+        ("Top sources", sources, "sessions"),
+    ):
+        html_parts.append(f"<h3>{heading} <small>({unit})</small></h3>")
+        if items:
+            html_parts.append(_table([(escape(v), escape(name)) for name, v in items]))
+        else:
+            html_parts.append("<p>No data.</p>")
+    if note:
+        html_parts.append(f'<p style="color: #7b8794;">{escape(note)}</p>')
+    return layout(
+        title=title,
+        tenant=view.tenant_name,
+        content_html="\n".join(html_parts) + "\n",
+        content_text="\n".join(text_lines) + "\n",
+    )
