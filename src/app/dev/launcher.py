@@ -21,6 +21,8 @@ import structlog
 import uvicorn
 
 from app.core.settings import Settings
+from app.dev import bigquery as dev_bigquery
+from app.dev.bigquery import DevBigQuery, DevBigQueryProcess
 from app.dev.files import write_drop_files
 from app.dev.sftp import DevSftp, DevSftpThread
 from app.main import create_app
@@ -36,7 +38,7 @@ class World:
     """What the launcher started; handed to the bootstrap and torn down at the end."""
 
     sftp: DevSftp | None = None
-    bigquery_endpoint: str | None = None
+    bigquery: DevBigQuery | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -80,9 +82,22 @@ async def start_world(settings: Settings) -> AsyncIterator[World]:
     )
     world.sftp = await asyncio.to_thread(sftp_thread.start)
     log.info("dev.sftp_started", port=world.sftp.port)
+    emulator = DevBigQueryProcess(dev_dir / "bigquery" / "emulator.log")
     try:
+        if dev_bigquery.available():
+            try:
+                world.bigquery = await asyncio.to_thread(
+                    emulator.start, seed=5, sessions_per_day=80, days=14
+                )
+                log.info("dev.bigquery_started", endpoint=world.bigquery.endpoint)
+            except (RuntimeError, OSError) as exc:
+                log.error("dev.bigquery_failed", error=str(exc))
+                world.notes.append(f"! BigQuery emulator did not start: {exc}")
+        else:
+            world.notes.append("(BigQuery emulator not installed: the BigQuery source is skipped)")
         yield world
     finally:
+        await asyncio.to_thread(emulator.stop)
         await asyncio.to_thread(sftp_thread.stop)
 
 
@@ -118,6 +133,8 @@ async def bootstrap(api: httpx.AsyncClient, world: World) -> None:
     demo_sources = [synthetic_source("App events (synthetic)", seed=3, sessions_per_day=120)]
     if world.sftp is not None:
         demo_sources.insert(0, sftp_source(world.sftp))
+    if world.bigquery is not None:
+        demo_sources.insert(1, dev_bigquery.bigquery_source(world.bigquery))
     plan = [("demo", s) for s in demo_sources] + [
         ("acme", synthetic_source("Acme web (synthetic)", seed=11, sessions_per_day=60))
     ]
