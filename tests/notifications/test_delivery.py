@@ -132,20 +132,21 @@ async def test_smtp_down_then_up_delivers_every_queued_email_exactly_once(
     await smtp_server.stop()
     runs = [await _fail_run(db, source_name=f"source {i}") for i in range(5)]
 
-    # Every email is tried and deferred while the server is down, some more than once.
+    # The sender keeps probing the server; the emails wait without using up attempts.
     rows = await _wait_outbox(
         db,
         lambda rows: (
             len(rows) == 10
-            and all(r.attempts >= 2 and r.status in ("pending", "sending") for r in rows)
+            and running_sender.server_failures >= 3
+            and all(r.last_error and "connecting to 127.0.0.1" in r.last_error for r in rows)
         ),
     )
-    assert all(r.status != "failed" for r in rows)
-    assert any(r.last_error and "connecting to 127.0.0.1" in r.last_error for r in rows)
+    assert all(r.status == "pending" and r.attempts == 0 for r in rows)
 
     await smtp_server.start()
     await smtp_server.wait_for(10)
-    await _wait_outbox(db, lambda rows: all(r.status == "sent" for r in rows))
+    rows = await _wait_outbox(db, lambda rows: all(r.status == "sent" for r in rows))
+    assert all(r.attempts == 1 for r in rows)
     await running_sender.drain_once()
 
     delivered = sorted((m.recipients[0], m.subject) for m in smtp_server.received)
@@ -187,17 +188,17 @@ async def test_rejected_recipient_fails_that_email_with_the_reason_and_not_the_o
     ]
 
 
-async def test_transient_failures_end_failed_after_max_attempts_with_the_smtp_error(
+async def test_transient_refusals_are_retried_then_failed_with_the_smtp_error(
     db: Database,
     database_url: str,
     tenant_with_recipients: MakeTenant,
     smtp_server: SmtpTestServer,
 ) -> None:
+    smtp_server.reject["busy@acme.test"] = "451 4.7.1 Mailbox busy, try again later"
     settings = make_settings(
-        database_url,
-        **{**smtp_settings(smtp_server), "smtp_password": "wrong", "notify_max_attempts": 3},
+        database_url, **{**smtp_settings(smtp_server), "notify_max_attempts": 3}
     )
-    await tenant_with_recipients()
+    await tenant_with_recipients(recipients=["busy@acme.test"])
     await _fail_run(db)
     sender = await _sender(db, settings)
     task = asyncio.create_task(sender.run())
@@ -207,8 +208,35 @@ async def test_transient_failures_end_failed_after_max_attempts_with_the_smtp_er
         sender.stop()
         await asyncio.wait_for(task, 10)
     assert row.attempts == 3
+    assert row.last_error == "451 4.7.1 Mailbox busy, try again later (recipient busy@acme.test)"
+    assert smtp_server.received == []
+
+
+async def test_bad_smtp_credentials_keep_emails_queued_with_the_reason(
+    db: Database,
+    database_url: str,
+    tenant_with_recipients: MakeTenant,
+    smtp_server: SmtpTestServer,
+) -> None:
+    settings = make_settings(
+        database_url,
+        **{**smtp_settings(smtp_server), "smtp_password": "wrong", "notify_max_attempts": 2},
+    )
+    await tenant_with_recipients()
+    await _fail_run(db)
+    sender = await _sender(db, settings)
+    task = asyncio.create_task(sender.run())
+    try:
+        [row] = await _wait_outbox(
+            db, lambda rows: sender.server_failures >= 3 and rows[0].last_error is not None
+        )
+    finally:
+        sender.stop()
+        await asyncio.wait_for(task, 10)
+    assert row.status == "pending"  # a server-side problem does not use up the email
+    assert row.attempts == 0
     assert row.last_error is not None
-    assert "535" in row.last_error  # authentication failed, as the server said
+    assert "535" in row.last_error
     assert smtp_server.received == []
 
 

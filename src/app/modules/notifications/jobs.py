@@ -72,6 +72,7 @@ async def notifications_lifespan(app: Litestar) -> AsyncIterator[None]:
                 max_attempts=settings.notify_max_attempts,
                 retry_base_s=settings.notify_retry_base_s,
                 retry_max_s=settings.notify_retry_max_s,
+                registry=app.state.metrics.registry,
             )
             app.state.notifications_sender = sender
             task = tasks.spawn(sender.run(), name="notifications-sender")

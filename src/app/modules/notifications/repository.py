@@ -303,17 +303,23 @@ async def claim_digest_slot(
     return result.scalar_one_or_none() is not None
 
 
-async def release(session: AsyncSession, email_ids: Sequence[uuid.UUID]) -> None:
-    """Put claimed but untried emails back as they were (the attempt did not happen)."""
+async def release(
+    session: AsyncSession, email_ids: Sequence[uuid.UUID], error: str | None = None
+) -> None:
+    """Put claimed but untried emails back: the attempt did not happen. ``error`` (why they
+    could not be tried, e.g. the server is down) is shown as their last error."""
+    values: dict[str, Any] = {
+        "status": "pending",
+        "attempts": func.greatest(OutboxEmail.attempts - 1, 0),
+        "lease_expires_at": None,
+        "updated_at": func.now(),
+    }
+    if error is not None:
+        values["last_error"] = error
     await session.execute(
         update(OutboxEmail)
         .where(OutboxEmail.id.in_(email_ids), OutboxEmail.status == "sending")
-        .values(
-            status="pending",
-            attempts=func.greatest(OutboxEmail.attempts - 1, 0),
-            lease_expires_at=None,
-            updated_at=func.now(),
-        )
+        .values(**values)
     )
 
 

@@ -1,9 +1,9 @@
 """SMTP delivery through aiosmtplib: one connection per burst, a timeout on every call.
 
-Errors are sorted into *permanent* (the server refused this message for good: a 5xx
-for the recipient, sender or data) and *transient* (everything else: connection
-refused, timeouts, 4xx, authentication problems), because only the latter are worth
-retrying.
+Errors are sorted three ways: *permanent* (the server refused this message for good:
+a 5xx for the recipient, sender or data), *transient* for the message (4xx, a
+connection dropped mid-message, a timeout) and *server unavailable* (connect, TLS or
+AUTH failed before the message was tried), which says nothing about the message.
 """
 
 from __future__ import annotations
@@ -27,13 +27,18 @@ log = structlog.get_logger("app.notifications.smtp")
 
 
 class DeliveryError(Exception):
-    """One message could not be delivered. ``connection_lost``: reconnect before the next."""
+    """A message could not be delivered.
 
-    def __init__(self, reason: str, *, permanent: bool, connection_lost: bool = False) -> None:
+    ``permanent``: the server refused this message for good (5xx). ``at_connect``: the
+    server could not be reached or refused the session (connect, TLS, AUTH) - nothing
+    about this message was tried, so it says nothing about the message itself.
+    """
+
+    def __init__(self, reason: str, *, permanent: bool, at_connect: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
-        self.connection_lost = connection_lost
+        self.at_connect = at_connect
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +193,7 @@ class SmtpConnection:
             raise DeliveryError(
                 f"connecting to {t.host}:{t.port}: {_describe(exc)}",
                 permanent=False,
-                connection_lost=True,
+                at_connect=True,
             ) from exc
         self._client = client
 
@@ -215,9 +220,7 @@ class SmtpConnection:
                 self._client = None
             else:
                 await self._reset()
-            raise DeliveryError(
-                _describe(exc), permanent=_is_permanent(exc), connection_lost=lost
-            ) from exc
+            raise DeliveryError(_describe(exc), permanent=_is_permanent(exc)) from exc
 
     async def _reset(self) -> None:
         # After a refusal the transaction may be half open; RSET before the next message.
