@@ -15,7 +15,7 @@ from app.core.settings import Settings
 from app.core.tasks import BackgroundTasks
 from app.modules.notifications.catcher import MailCatcher
 from app.modules.notifications.digest import DigestScheduler
-from app.modules.notifications.routes import list_caught_mail
+from app.modules.notifications.routes import dev_mail_handler
 from app.modules.notifications.sender import OutboxSender
 from app.modules.notifications.service import links
 from app.modules.notifications.smtp import SmtpTarget, target_from_settings
@@ -39,7 +39,7 @@ async def _delivery_target(
     stack.push_async_callback(catcher.stop)
     app.state.mail_catcher = catcher
     # Registered only here, so the route does not exist outside development.
-    app.register(list_caught_mail)
+    app.register(dev_mail_handler())
     return await target_from_settings(
         settings, host="127.0.0.1", port=port, security="none", with_auth=False
     )

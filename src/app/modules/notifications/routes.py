@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, get, post, put
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -87,16 +88,21 @@ class NotificationsController(Controller):
         return await service.queue_test_email(db_session, tenant_id, requested_by=principal.subject)
 
 
-@get(
-    "/api/v1/dev/mail",
-    operation_id="listCaughtMail",
-    tags=["development"],
-    summary="Emails caught by the development SMTP catcher (development only)",
-    opt={"public": True},
-    sync_to_thread=False,
-)
-def list_caught_mail(
-    state: State, limit: Annotated[int, Parameter(ge=1, le=200)] = 50
-) -> list[CaughtMessage]:
-    catcher: MailCatcher = state.mail_catcher
-    return catcher.recent(limit)
+def dev_mail_handler() -> HTTPRouteHandler:
+    """A new handler for the development mailbox, registered by the lifespan only while the
+    catcher runs (one per app, so several apps in one process do not share it)."""
+
+    def list_caught_mail(
+        state: State, limit: Annotated[int, Parameter(ge=1, le=200)] = 50
+    ) -> list[CaughtMessage]:
+        catcher: MailCatcher = state.mail_catcher
+        return catcher.recent(limit)
+
+    return get(
+        "/api/v1/dev/mail",
+        operation_id="listCaughtMail",
+        tags=["development"],
+        summary="Emails caught by the development SMTP catcher (development only)",
+        opt={"public": True},
+        sync_to_thread=False,
+    )(list_caught_mail)
