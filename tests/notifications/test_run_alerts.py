@@ -102,3 +102,29 @@ async def test_success_alert_only_when_enabled(
     await _outcome(db, source, "succeeded")
     await _outcome(db, source, "failed")
     assert [e.kind for e in await _outbox(db)] == ["import_succeeded"]
+
+
+async def test_old_sent_and_failed_emails_are_purged_but_pending_ones_kept(
+    db: Database, tenant_with_recipients: MakeTenant
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.modules.notifications.digest import OUTBOX_RETENTION, purge_old_emails
+
+    await tenant_with_recipients(recipients=["a@acme.test", "b@acme.test", "c@acme.test"])
+    await _outcome(db, uuid.uuid4(), "failed")
+    rows = await _outbox(db)
+    statuses = dict(zip((r.id for r in rows), ("sent", "failed", "pending"), strict=True))
+    async with db.session() as session:
+        for email_id, status in statuses.items():
+            await session.execute(
+                update(OutboxEmail)
+                .where(OutboxEmail.id == email_id)
+                .values(status=status, created_at=FINISHED - OUTBOX_RETENTION - timedelta(days=1))
+            )
+        await session.commit()
+    assert await purge_old_emails(db, now=FINISHED) == 2
+    assert [r.status for r in await _outbox(db)] == ["pending"]
+    assert await purge_old_emails(db, now=FINISHED) == 0

@@ -34,6 +34,9 @@ log = structlog.get_logger("app.notifications.digest")
 
 # A digest whose slot passed longer ago than this (the app was down) is skipped, not sent late.
 CATCH_UP = timedelta(hours=24)
+# Sent and failed emails are kept this long for the outbox API, then deleted.
+OUTBOX_RETENTION = timedelta(days=90)
+PURGE_EVERY = timedelta(hours=1)
 SUMMARY_METRICS = ("users", "sessions", "pageviews", "conversions", "revenue")
 TOP = 5
 
@@ -206,8 +209,24 @@ async def run_digest_tick(db: Database, now: datetime | None = None) -> int:
     return queued
 
 
+async def purge_old_emails(db: Database, now: datetime | None = None) -> int:
+    """Delete sent/failed emails older than :data:`OUTBOX_RETENTION`, in small batches."""
+    cutoff = (now or datetime.now(UTC)) - OUTBOX_RETENTION
+    total = 0
+    while True:
+        async with db.session() as session:
+            deleted = await repository.purge_finished(session, older_than=cutoff, limit=1000)
+            await session.commit()
+        total += deleted
+        if deleted < 1000:
+            break
+    if total:
+        log.info("notifications.outbox_purged", deleted=total)
+    return total
+
+
 class DigestScheduler:
-    """Runs :func:`run_digest_tick` every ``interval_s`` until stopped."""
+    """Runs :func:`run_digest_tick` every ``interval_s`` (and the outbox purge hourly)."""
 
     def __init__(
         self, db: Database, *, interval_s: float, on_queued: Callable[[], None] | None = None
@@ -216,6 +235,7 @@ class DigestScheduler:
         self.interval_s = interval_s
         self.on_queued = on_queued
         self._stopping = asyncio.Event()
+        self._purged_at: datetime | None = None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -226,6 +246,10 @@ class DigestScheduler:
             try:
                 if await run_digest_tick(self.db) and self.on_queued is not None:
                     self.on_queued()
+                now = datetime.now(UTC)
+                if self._purged_at is None or now - self._purged_at >= PURGE_EVERY:
+                    await purge_old_emails(self.db, now)
+                    self._purged_at = now
             except Exception as exc:
                 if is_database_unavailable(exc):
                     log.warning("notifications.digest_db_unavailable", error=type(exc).__name__)

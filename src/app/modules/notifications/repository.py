@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -331,3 +331,17 @@ async def recent_digest_slots(
         select(DigestSlot.tenant_id, DigestSlot.week_start).where(DigestSlot.scheduled_for > since)
     )
     return frozenset((row.tenant_id, row.week_start) for row in result)
+
+
+async def purge_finished(session: AsyncSession, *, older_than: datetime, limit: int) -> int:
+    """Delete up to ``limit`` sent or failed emails created before ``older_than``."""
+    doomed = (
+        select(OutboxEmail.id)
+        .where(OutboxEmail.status.in_(("sent", "failed")), OutboxEmail.created_at < older_than)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        delete(OutboxEmail).where(OutboxEmail.id.in_(doomed)).returning(OutboxEmail.id)
+    )
+    return len(result.all())
