@@ -254,3 +254,25 @@ async def test_development_catcher_receives_mail_readable_without_a_token(
     async with db.session() as session:
         [row] = (await session.execute(select(OutboxEmail))).scalars().all()
     assert row.status == "sent"
+
+
+async def test_routes_are_documented_in_the_openapi_schema(client: httpx.AsyncClient) -> None:
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    operations = {
+        op["operationId"]: op
+        for path in response.json()["paths"].values()
+        for op in path.values()
+        if isinstance(op, dict) and "operationId" in op
+    }
+    for operation_id in (
+        "getNotificationSettings",
+        "putNotificationSettings",
+        "listNotificationOutbox",
+        "sendTestNotification",
+    ):
+        op = operations[operation_id]
+        assert op["tags"] == ["notifications"]
+        assert op["summary"]
+        assert {"401", "403", "404"} <= set(op["responses"])
+    assert "listCaughtMail" not in operations
