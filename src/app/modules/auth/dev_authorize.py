@@ -143,6 +143,7 @@ def _page(title: str, body: str, status_code: int = 200) -> Response[str]:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)} - Pulse development sign-in</title>"
+        "<link rel='icon' href='/static/favicon.svg' type='image/svg+xml'>"
         "<link rel='stylesheet' href='/static/pulse.css'></head>"
         f"<body class='dev-signin'><main class='signin-card'>{body}</main></body></html>"
     )

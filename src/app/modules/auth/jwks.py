@@ -248,6 +248,10 @@ class JwksCache:
         return self._keys
 
     @property
+    def fetching(self) -> bool:
+        return self._inflight is not None and not self._inflight.done()
+
+    @property
     def expires_in(self) -> float:
         return self._expires_at - self.clock()
 
@@ -261,13 +265,14 @@ class JwksCache:
         found = keys.find(kid, alg)
         if found is not None:
             return found
-        if kid is None or not _KTY_FOR_ALG.get(alg):
+        if kid is None or kid in keys.by_kid or not _KTY_FOR_ALG.get(alg):
+            # A known kid whose key type or alg does not fit is an attack, not a rotation.
             raise InvalidToken("no signing key fits the token", reason="no_key")
         return await self._unknown_kid(kid, alg, now)
 
     async def _cold_load(self, now: float) -> KeySet:
         # Nothing usable: try (single flight), but not on every request while the IdP is down.
-        if self._inflight is None and now - self._failed_at < self.failure_backoff_s:
+        if not self.fetching and now - self._failed_at < self.failure_backoff_s:
             raise IdentityProviderUnavailable("recent JWKS fetch failed")
         await self.refresh()
         keys = self._usable(self.clock())
@@ -279,7 +284,7 @@ class JwksCache:
         seen_until = self._unknown.get(kid)
         if seen_until is not None and seen_until > now:
             raise InvalidToken("unknown signing key", reason="unknown_kid")
-        if self._inflight is None:
+        if not self.fetching:
             if now - self._last_forced < self.cooldown_s:
                 self._remember_unknown(kid, now)
                 raise InvalidToken("unknown signing key", reason="unknown_kid")
@@ -304,7 +309,7 @@ class JwksCache:
     # --- refresh -----------------------------------------------------------
     async def refresh(self) -> KeySet:
         """Fetch the keys now, sharing a fetch already in flight. Raises 503-error on failure."""
-        if self._inflight is None:
+        if self._inflight is None or self._inflight.done():
             task = asyncio.get_running_loop().create_task(
                 self._fetch(), name=f"oidc-jwks-fetch:{self.issuer}"
             )
@@ -346,6 +351,8 @@ class JwksCache:
                 min_s=self.min_ttl_s,
                 max_s=self.max_ttl_s,
             )
+        else:
+            ttl = min(max(ttl, self.min_ttl_s), self.max_ttl_s)
         self._keys = keys
         self._fetched_at = now
         self._expires_at = now + ttl

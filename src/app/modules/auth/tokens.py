@@ -101,8 +101,11 @@ class TokenValidator:
             raise InvalidToken("the token is malformed", reason="malformed")
         try:
             header = jwt.get_unverified_header(token)
-        except (jwt.DecodeError, ValueError, TypeError) as exc:
+        except jwt.DecodeError as exc:
             raise InvalidToken("the token header is malformed", reason="malformed") from exc
+        except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+            # PyJWT checks e.g. that kid is a string; anything else it refuses is malformed too.
+            raise InvalidToken("the token key id is malformed", reason="malformed") from exc
         alg = header.get("alg")
         # Only the configured asymmetric algorithms: never "none", never HS* (RFC 8725 3.1).
         if not isinstance(alg, str) or alg not in self.algorithms:
