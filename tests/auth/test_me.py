@@ -30,3 +30,15 @@ async def test_public_routes_need_no_token(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health/live")).status_code == 200
     assert (await client.get("/metrics")).status_code == 200
     assert (await client.get("/schema/openapi.json")).status_code == 200
+
+
+async def test_rejections_and_jwks_fetches_are_counted(
+    client: httpx.AsyncClient, auth_headers: AuthHeaders
+) -> None:
+    await client.get("/api/v1/me")
+    await client.get("/api/v1/me", headers={"Authorization": "Bearer a.b.c"})
+    assert (await client.get("/api/v1/me", headers=auth_headers())).status_code == 200
+    metrics = (await client.get("/metrics")).text
+    assert 'pulse_auth_rejections_total{reason="missing"} 1.0' in metrics
+    assert 'pulse_auth_rejections_total{reason="malformed"} 1.0' in metrics
+    assert 'pulse_oidc_jwks_fetches_total{outcome="ok"} 1.0' in metrics

@@ -57,9 +57,9 @@ def insufficient_role(role: str) -> Forbidden:
     )
 
 
-def idp_unavailable(detail: str = "") -> Unavailable:
+def idp_unavailable() -> Unavailable:
+    # Deliberately vague: the cause (DNS, TLS, timeouts) is in the log, not for the caller.
     return Unavailable(
-        "The identity provider cannot be reached and no signing keys are cached;"
-        " try again shortly." + (f" ({detail})" if detail else ""),
+        "The identity provider cannot be reached and no usable keys are cached; try again shortly.",
         headers={"Retry-After": "5"},
     )

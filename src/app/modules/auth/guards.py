@@ -15,7 +15,7 @@ import structlog
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from app.core.errors import NotFound
+from app.core.errors import NotFound, Unauthorized
 from app.modules.auth.errors import (
     IdentityProviderUnavailable,
     InvalidToken,
@@ -69,7 +69,11 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
     cached = state.get(PRINCIPAL_KEY)
     if isinstance(cached, Principal):
         return cached
-    token = bearer_token(connection)
+    try:
+        token = bearer_token(connection)
+    except Unauthorized:
+        _count_rejection(connection, "missing")
+        raise
     authenticator: Authenticator | None = getattr(connection.app.state, "auth", None)
     if authenticator is None:
         raise idp_unavailable()
@@ -77,13 +81,21 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
         principal = await authenticator.authenticate(token)
     except InvalidToken as exc:
         log.debug("auth.rejected", reason=exc.reason, path=connection.url.path)
+        _count_rejection(connection, exc.reason)
         raise invalid_token(exc.description) from None
     except IdentityProviderUnavailable as exc:
         log.warning("auth.idp_unavailable", error=str(exc), path=connection.url.path)
+        _count_rejection(connection, "idp_unavailable")
         raise idp_unavailable() from None
     state[PRINCIPAL_KEY] = principal
     connection.scope["user"] = principal
     return principal
+
+
+def _count_rejection(connection: ASGIConnection[Any, Any, Any, Any], reason: str) -> None:
+    metrics = getattr(connection.app.state, "auth_metrics", None)
+    if metrics is not None:
+        metrics.rejections.labels(reason=reason).inc()
 
 
 async def require_access(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -21,7 +22,7 @@ from app.modules.auth.dev_issuer import (
     dev_issuer_enabled,
 )
 from app.modules.auth.introspection import Introspector
-from app.modules.auth.jwks import HttpKeySource, JwksCache, KeySource, StaticKeySource
+from app.modules.auth.jwks import HttpKeySource, JwksCache, StaticKeySource
 from app.modules.auth.service import Authenticator
 from app.modules.auth.tokens import TokenValidator
 
@@ -32,25 +33,20 @@ IDP_TIMEOUT_CAP_S = 5.0
 
 
 def build_authenticator(settings: Settings, state: Any) -> Authenticator:
-    """The authenticator for these settings; sets ``state.dev_issuer`` when it runs."""
+    """The authenticator for a configured issuer and/or introspection endpoint."""
     mapping = ClaimMapping.from_settings(settings)
     timeout_s = min(settings.http_timeout_s, IDP_TIMEOUT_CAP_S)
-    source: KeySource | None = None
     issuer = settings.oidc_issuer
-    if issuer:
-        source = HttpKeySource(state.http, issuer, timeout_s=timeout_s)
-    elif dev_issuer_enabled(settings):
-        raise RuntimeError("the development issuer is set up by the lifespan")
-    jwks_counter = _fetch_counter(state)
+    metrics = auth_metrics(state)
     keys = None
     validator = None
-    if source is not None and issuer:
+    if issuer:
         keys = JwksCache(
-            source,
+            HttpKeySource(state.http, issuer, timeout_s=timeout_s),
             issuer=issuer,
             cooldown_s=settings.oidc_jwks_cooldown_s,
             max_stale_s=settings.oidc_jwks_max_stale_s,
-            on_fetch=lambda outcome: jwks_counter.labels(outcome=outcome).inc(),
+            on_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome=outcome).inc(),
         )
         validator = _validator(settings, issuer, keys, mapping)
     introspector = None
@@ -87,19 +83,31 @@ def _validator(
     )
 
 
-def _fetch_counter(state: Any) -> Counter:
-    registry = state.metrics.registry
-    existing = getattr(state, "_auth_jwks_counter", None)
+@dataclass(frozen=True)
+class AuthMetrics:
+    jwks_fetches: Counter
+    rejections: Counter
+
+
+def auth_metrics(state: Any) -> AuthMetrics:
+    """The auth counters on the app's registry (registered once per app)."""
+    existing: AuthMetrics | None = getattr(state, "auth_metrics", None)
     if existing is not None:
-        return existing  # type: ignore[no-any-return]
-    counter = Counter(
-        "pulse_oidc_jwks_fetches",
-        "JWKS fetches by outcome.",
-        ["outcome"],
-        registry=registry,
+        return existing
+    registry = state.metrics.registry
+    metrics = AuthMetrics(
+        jwks_fetches=Counter(
+            "pulse_oidc_jwks_fetches", "JWKS fetches by outcome.", ["outcome"], registry=registry
+        ),
+        rejections=Counter(
+            "pulse_auth_rejections",
+            "Requests refused by authentication, by reason.",
+            ["reason"],
+            registry=registry,
+        ),
     )
-    state._auth_jwks_counter = counter
-    return counter
+    state.auth_metrics = metrics
+    return metrics
 
 
 async def _dev_authenticator(settings: Settings, state: Any) -> Authenticator:
@@ -129,6 +137,7 @@ async def _dev_authenticator(settings: Settings, state: Any) -> Authenticator:
 async def auth_lifespan(app: Litestar) -> AsyncIterator[None]:
     state: Any = app.state
     settings: Settings = state.settings
+    auth_metrics(state)
     if dev_issuer_enabled(settings):
         authenticator = await _dev_authenticator(settings, state)
     elif settings.oidc_issuer or settings.oidc_introspection_url:
