@@ -28,6 +28,7 @@ from tests.fixtures.postgres import (
 
 pytest_plugins = [
     "tests.fixtures.oidc",
+    "tests.fixtures.ingestion",
 ]
 
 

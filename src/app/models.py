@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-MODEL_MODULES: tuple[str, ...] = ("app.modules.tenants.models", "app.modules.notifications.models")
+MODEL_MODULES: tuple[str, ...] = (
+    "app.modules.tenants.models",
+    "app.modules.notifications.models",
+    "app.modules.events.models",
+    "app.modules.ingestion.models",
+)
 
 
 def import_all_models() -> None:

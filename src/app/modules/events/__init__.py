@@ -1,0 +1,38 @@
+"""The event store: the canonical event schema, idempotent loading and data versions.
+
+Other modules import from here only: ``CanonicalEvent``, ``to_canonical``,
+``RowRejected``, ``event_id_for``, ``load_events``, ``LoadResult``,
+``get_data_version``, ``DataVersion``.
+"""
+
+from __future__ import annotations
+
+from app.modules import Module
+from app.modules.events.schema import (
+    CANONICAL_FIELDS,
+    CanonicalEvent,
+    RowRejected,
+    event_id_for,
+    to_canonical,
+)
+from app.modules.events.service import (
+    DataVersion,
+    LoadResult,
+    get_data_version,
+    load_events,
+)
+
+module = Module(name="events")
+
+__all__ = [
+    "CANONICAL_FIELDS",
+    "CanonicalEvent",
+    "DataVersion",
+    "LoadResult",
+    "RowRejected",
+    "event_id_for",
+    "get_data_version",
+    "load_events",
+    "module",
+    "to_canonical",
+]

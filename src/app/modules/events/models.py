@@ -1,0 +1,76 @@
+"""The event store's tables: one row per event, and a data version per tenant.
+
+The schema itself is built by migration 0002; these mappings keep every table in
+the one metadata (Alembic comparisons, test truncation) and give typed columns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Numeric,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.core.db import Base
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_tenant_occurred", "tenant_id", "occurred_at"),
+        Index("ix_events_tenant_name_occurred", "tenant_id", "event_name", "occurred_at"),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_name: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user_id: Mapped[str | None] = mapped_column(Text)
+    session_id: Mapped[str | None] = mapped_column(Text)
+    page_path: Mapped[str | None] = mapped_column(Text)
+    page_title: Mapped[str | None] = mapped_column(Text)
+    referrer: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text)
+    medium: Mapped[str | None] = mapped_column(Text)
+    campaign: Mapped[str | None] = mapped_column(Text)
+    country: Mapped[str | None] = mapped_column(Text)
+    city: Mapped[str | None] = mapped_column(Text)
+    device_category: Mapped[str | None] = mapped_column(Text)
+    os: Mapped[str | None] = mapped_column(Text)
+    browser: Mapped[str | None] = mapped_column(Text)
+    engagement_time_msec: Mapped[int | None] = mapped_column(BigInteger)
+    session_engaged: Mapped[bool | None] = mapped_column(Boolean)
+    revenue: Mapped[Decimal | None] = mapped_column(Numeric(18, 6))
+    currency: Mapped[str | None] = mapped_column(Text)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    source_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    loaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class TenantDataVersion(Base):
+    """Bumped by every load that changes a tenant's events: the dashboard's cache key."""
+
+    __tablename__ = "tenant_data_versions"
+
+    tenant_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    fresh_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,242 @@
+"""The ``synthetic`` source: deterministic GA4-like traffic for demos, tests and benchmarks.
+
+The same (seed, day, volume) always yields the same events with the same ids, so
+re-running a window changes no counts. Each day has ``sessions_per_day`` sessions;
+a session is a ``session_start`` (and ``first_visit`` for a new user), one to six
+``page_view``s, some ``scroll``s, a ``user_engagement`` and, for a few, a
+``purchase`` with revenue. Countries, devices, browsers and traffic sources follow
+fixed weights. Events later than "now" are not produced (like a live property).
+
+Reuse from elsewhere (the benchmark): :func:`iter_day_events` / :func:`iter_events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar
+
+import msgspec
+
+from app.modules.events.schema import event_id_for
+from app.modules.ingestion.connectors import register_connector
+from app.modules.ingestion.connectors.base import (
+    Batch,
+    DateWindow,
+    ExtractContext,
+    SourceContext,
+    TestCheck,
+    TestResult,
+)
+
+
+class SyntheticConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    seed: int = 1
+    sessions_per_day: Annotated[int, msgspec.Meta(ge=0, le=2_000_000)] = 200
+    # A run with no window covers the last ``days_back`` days, today included.
+    days_back: Annotated[int, msgspec.Meta(ge=1, le=400)] = 1
+    batch_rows: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 5_000
+    # Slows the source down (demos, tests of cancellation and crash recovery).
+    batch_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 0
+    # Every Nth row is malformed on purpose (demonstrates quarantine); 0 = never.
+    bad_row_every: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class SyntheticSecrets(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Not needed by the generator; lets demos and tests exercise secret handling.
+    token: str | None = None
+
+
+_COUNTRIES = (
+    ("United States", "New York", 30),
+    ("United Kingdom", "London", 12),
+    ("Germany", "Berlin", 10),
+    ("France", "Paris", 9),
+    ("India", "Bengaluru", 9),
+    ("Brazil", "Sao Paulo", 7),
+    ("Japan", "Tokyo", 6),
+    ("Canada", "Toronto", 6),
+    ("Australia", "Sydney", 5),
+    ("Spain", "Madrid", 6),
+)
+_DEVICES = (
+    ("desktop", "Windows", "Chrome", 35),
+    ("desktop", "Macintosh", "Safari", 12),
+    ("mobile", "iOS", "Safari", 25),
+    ("mobile", "Android", "Chrome", 22),
+    ("tablet", "iOS", "Safari", 6),
+)
+_TRAFFIC = (
+    ("google", "organic", None, 40),
+    ("(direct)", "(none)", None, 25),
+    ("newsletter", "email", "weekly", 10),
+    ("facebook", "cpc", "spring_sale", 10),
+    ("twitter", "social", None, 8),
+    ("bing", "organic", None, 7),
+)
+_PAGES = (
+    ("/", "Home"),
+    ("/pricing", "Pricing"),
+    ("/blog/launch", "We launched"),
+    ("/blog/async-python", "Async Python at scale"),
+    ("/docs", "Documentation"),
+    ("/docs/ingestion", "Ingestion"),
+    ("/products/widget", "Widget"),
+    ("/products/gadget", "Gadget"),
+    ("/cart", "Cart"),
+    ("/checkout", "Checkout"),
+)
+_PAGE_WEIGHTS = (20, 10, 8, 6, 9, 5, 12, 10, 6, 4)
+
+
+def _pick(rng: random.Random, options: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
+    return rng.choices(options, weights=[o[-1] for o in options])[0]
+
+
+def iter_day_events(
+    seed: int, day: date, sessions: int, *, bad_row_every: int = 0
+) -> Iterator[dict[str, Any]]:
+    """Every event of ``day`` (UTC) for ``seed`` as canonical rows, session by session."""
+    rng = random.Random(f"pulse-synthetic:{seed}:{day.isoformat()}")
+    day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    users = max(1, int(sessions * 0.7))
+    counter = itertools.count(1)
+    for number in range(sessions):
+        user = f"u{seed}-{rng.randrange(users * 3)}"
+        session_id = f"{user}.{day.strftime('%Y%m%d')}{number}"
+        country, city, _ = _pick(rng, _COUNTRIES)
+        device, os_name, browser, _ = _pick(rng, _DEVICES)
+        source, medium, campaign, _ = _pick(rng, _TRAFFIC)
+        when = day_start + timedelta(seconds=rng.uniform(0, 86_300))
+        pages = rng.choices(_PAGES, weights=_PAGE_WEIGHTS, k=rng.randint(1, 6))
+        engaged = len(pages) > 1 or rng.random() < 0.4
+        common = {
+            "user_id": user,
+            "session_id": session_id,
+            "source": source,
+            "medium": medium,
+            "campaign": campaign,
+            "country": country,
+            "city": city,
+            "device_category": device,
+            "os": os_name,
+            "browser": browser,
+            "session_engaged": engaged,
+        }
+
+        def event(
+            name: str,
+            at: datetime,
+            number: int = number,
+            common: dict[str, Any] = common,
+            **extra: Any,
+        ) -> dict[str, Any]:
+            index = next(counter)
+            row = {
+                "event_id": event_id_for("synthetic", seed, day.isoformat(), number, index),
+                "event_name": name,
+                "occurred_at": at,
+                **common,
+                **extra,
+            }
+            if bad_row_every and index % bad_row_every == 0:
+                row["occurred_at"] = "not-a-timestamp"
+            return row
+
+        yield event("session_start", when, page_path=pages[0][0], page_title=pages[0][1])
+        if rng.random() < 0.35:
+            yield event("first_visit", when, page_path=pages[0][0], page_title=pages[0][1])
+        referrer: str | None = None if source == "(direct)" else f"https://{source}.example/"
+        for path, title in pages:
+            yield event("page_view", when, page_path=path, page_title=title, referrer=referrer)
+            referrer = f"https://shop.example{path}"
+            dwell = rng.randint(3_000, 120_000)
+            if rng.random() < 0.5:
+                yield event(
+                    "scroll",
+                    when + timedelta(milliseconds=dwell // 2),
+                    page_path=path,
+                    page_title=title,
+                    properties={"percent_scrolled": 90},
+                )
+            when += timedelta(milliseconds=dwell)
+        yield event(
+            "user_engagement",
+            when,
+            page_path=pages[-1][0],
+            page_title=pages[-1][1],
+            engagement_time_msec=rng.randint(1_000, 600_000),
+        )
+        if rng.random() < 0.04:
+            revenue = Decimal(rng.randint(500, 50_000)) / 100
+            yield event(
+                "purchase",
+                when + timedelta(seconds=5),
+                page_path="/checkout",
+                page_title="Checkout",
+                revenue=revenue,
+                currency="USD",
+                properties={"transaction_id": f"T{seed}-{day.isoformat()}-{number}"},
+            )
+
+
+def iter_events(
+    seed: int, window: DateWindow, sessions_per_day: int, *, until: datetime | None = None
+) -> Iterator[dict[str, Any]]:
+    """All events of ``window``, day after day, skipping any later than ``until``."""
+    for day in window.days():
+        for row in iter_day_events(seed, day, sessions_per_day):
+            if until is None or row["occurred_at"] <= until:
+                yield row
+
+
+def _take(rows: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    return list(itertools.islice(rows, n))
+
+
+class SyntheticConnector:
+    kind: ClassVar[str] = "synthetic"
+    config_type: ClassVar[type[msgspec.Struct]] = SyntheticConfig
+    secrets_type: ClassVar[type[msgspec.Struct]] = SyntheticSecrets
+
+    def default_window(self, config: Any, today: date) -> DateWindow | None:
+        assert isinstance(config, SyntheticConfig)
+        return DateWindow(today - timedelta(days=config.days_back - 1), today)
+
+    async def test(self, ctx: SourceContext) -> TestResult:
+        return TestResult(ok=True, checks=[TestCheck("generator", True, "always reachable")])
+
+    async def extract(self, ctx: ExtractContext) -> AsyncIterator[Batch]:
+        config: SyntheticConfig = ctx.config
+        window = ctx.window or self.default_window(config, datetime.now(UTC).date())
+        assert window is not None
+        now = datetime.now(UTC)
+        size = min(config.batch_rows, ctx.batch_rows)
+        for day in window.days():
+            item = day.isoformat()
+            ctx.progress.report(stage="extracting", item=item)
+            rows = (
+                r
+                for r in iter_day_events(
+                    config.seed, day, config.sessions_per_day, bad_row_every=config.bad_row_every
+                )
+                if not isinstance(r["occurred_at"], datetime) or r["occurred_at"] <= now
+            )
+            line = 1
+            while True:
+                # Generating is CPU work: do it off the event loop.
+                batch = await asyncio.to_thread(_take, rows, size)
+                if not batch:
+                    break
+                if config.batch_delay_ms:
+                    await asyncio.sleep(config.batch_delay_ms / 1000)
+                yield Batch(rows=batch, item=item, first_line=line)
+                line += len(batch)
+            yield Batch(rows=[], item=item, cursor={"last_completed_day": item})
+
+
+register_connector(SyntheticConnector())

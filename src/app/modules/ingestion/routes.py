@@ -1,0 +1,261 @@
+"""Sources and runs of a tenant: ``/api/v1/tenants/{tenant_id}/sources`` and ``/runs``.
+
+Thin: parse, call the service, return a schema. The app guard checks the token,
+the tenant membership (404) and the role in ``opt`` (403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.background_tasks import BackgroundTask
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.response import Response, ServerSentEvent
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.db import Database
+from app.core.errors import error_responses
+from app.core.settings import Settings
+from app.modules.ingestion import schemas, service
+from app.modules.ingestion.state import IngestionState, ingestion_state
+
+TENANT = "/api/v1/tenants/{tenant_id:str}"
+Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size")]
+Offset = Annotated[int, Parameter(ge=0, description="Items to skip")]
+
+
+def _wake(state: IngestionState | None) -> None:
+    if state is not None and state.runner is not None:
+        state.runner.wake()
+
+
+def _cancel_here(state: IngestionState | None, run_id: uuid.UUID) -> None:
+    if state is not None and state.runner is not None:
+        state.runner.request_cancel(run_id)
+
+
+class SourceController(Controller):
+    path = f"{TENANT}/sources"
+    tags = ["ingestion"]
+    opt = {"role": "admin"}
+
+    @post(
+        "/",
+        operation_id="createSource",
+        summary="Create a source (secrets are write-only and stored encrypted)",
+        responses=error_responses(400, 401, 403, 404, 409),
+    )
+    async def create(
+        self, tenant_id: str, data: schemas.SourceCreate, db_session: AsyncSession, state: State
+    ) -> schemas.Source:
+        box = ingestion_state(state).secret_box
+        return await service.create_source(db_session, box, tenant_id, data)
+
+    @get(
+        "/",
+        operation_id="listSources",
+        summary="List the tenant's sources",
+        responses=error_responses(401, 403, 404),
+    )
+    async def list_(self, tenant_id: str, db_session: AsyncSession) -> schemas.SourceList:
+        return await service.list_sources(db_session, tenant_id)
+
+    @get(
+        "/{source_id:uuid}",
+        operation_id="getSource",
+        summary="Get a source",
+        responses=error_responses(401, 403, 404),
+    )
+    async def get_(
+        self, tenant_id: str, source_id: uuid.UUID, db_session: AsyncSession
+    ) -> schemas.Source:
+        return await service.get_source(db_session, tenant_id, source_id)
+
+    @patch(
+        "/{source_id:uuid}",
+        operation_id="updateSource",
+        summary="Update a source (given fields only; new secrets replace the old)",
+        responses=error_responses(400, 401, 403, 404, 409),
+    )
+    async def update(
+        self,
+        tenant_id: str,
+        source_id: uuid.UUID,
+        data: schemas.SourceUpdate,
+        db_session: AsyncSession,
+        state: State,
+    ) -> schemas.Source:
+        box = ingestion_state(state).secret_box
+        return await service.update_source(db_session, box, tenant_id, source_id, data)
+
+    @delete(
+        "/{source_id:uuid}",
+        operation_id="deleteSource",
+        summary="Delete a source with its runs (loaded events stay)",
+        responses=error_responses(401, 403, 404),
+        status_code=HTTP_204_NO_CONTENT,
+    )
+    async def delete_(self, tenant_id: str, source_id: uuid.UUID, db_session: AsyncSession) -> None:
+        await service.delete_source(db_session, tenant_id, source_id)
+
+    @post(
+        "/{source_id:uuid}/test",
+        operation_id="testSource",
+        summary="Check connectivity and permissions of a source, within a timeout",
+        responses=error_responses(401, 403, 404),
+        status_code=200,
+    )
+    async def test(
+        self,
+        tenant_id: str,
+        source_id: uuid.UUID,
+        db_session: AsyncSession,
+        state: State,
+    ) -> schemas.SourceTestResult:
+        settings: Settings = state.settings
+        box = ingestion_state(state).secret_box
+        return await service.check_source(
+            db_session,
+            box,
+            tenant_id,
+            source_id,
+            timeout_s=settings.ingest_test_timeout_s,
+            http=getattr(state, "http", None),
+            executor=getattr(state, "bigquery_pool", None),
+        )
+
+    @post(
+        "/{source_id:uuid}/runs",
+        operation_id="createRun",
+        summary="Start a manual run or a backfill of a date range",
+        responses=error_responses(400, 401, 403, 404),
+        status_code=HTTP_202_ACCEPTED,
+    )
+    async def create_run(
+        self,
+        tenant_id: str,
+        source_id: uuid.UUID,
+        data: schemas.RunCreate,
+        db_session: AsyncSession,
+        state: State,
+    ) -> Response[schemas.Run]:
+        settings: Settings = state.settings
+        run = await service.create_run(
+            db_session, tenant_id, source_id, data, max_attempts=settings.ingest_max_attempts
+        )
+        # After the response (so after the commit): wake this process's runner.
+        return Response(
+            run,
+            status_code=HTTP_202_ACCEPTED,
+            background=BackgroundTask(_wake, getattr(state, "ingestion", None)),
+        )
+
+
+class RunController(Controller):
+    path = f"{TENANT}/runs"
+    tags = ["ingestion"]
+    opt = {"role": "admin"}
+
+    @get(
+        "/",
+        operation_id="listRuns",
+        summary="List runs, newest first (filter by source and status)",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def list_(
+        self,
+        tenant_id: str,
+        db_session: AsyncSession,
+        source_id: uuid.UUID | None = None,
+        status: schemas.RunStatus | None = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> schemas.RunPage:
+        return await service.list_runs(
+            db_session, tenant_id, source_id=source_id, status=status, limit=limit, offset=offset
+        )
+
+    @get(
+        "/{run_id:uuid}",
+        operation_id="getRun",
+        summary="Get a run with its progress",
+        responses=error_responses(401, 403, 404),
+    )
+    async def get_(
+        self, tenant_id: str, run_id: uuid.UUID, db_session: AsyncSession
+    ) -> schemas.Run:
+        return await service.get_run(db_session, tenant_id, run_id)
+
+    @post(
+        "/{run_id:uuid}/cancel",
+        operation_id="cancelRun",
+        summary="Cancel a run (a running one stops at its next batch, within seconds)",
+        responses=error_responses(401, 403, 404, 409),
+        status_code=HTTP_202_ACCEPTED,
+    )
+    async def cancel(
+        self, tenant_id: str, run_id: uuid.UUID, db_session: AsyncSession, state: State
+    ) -> Response[schemas.Run]:
+        run = await service.cancel_run(db_session, tenant_id, run_id)
+        return Response(
+            run,
+            status_code=HTTP_202_ACCEPTED,
+            background=BackgroundTask(_cancel_here, getattr(state, "ingestion", None), run_id),
+        )
+
+    @get(
+        "/{run_id:uuid}/quarantine",
+        operation_id="listQuarantinedRows",
+        summary="Rows of a run that failed validation, with line numbers and reasons",
+        responses=error_responses(401, 403, 404),
+    )
+    async def quarantine(
+        self,
+        tenant_id: str,
+        run_id: uuid.UUID,
+        db_session: AsyncSession,
+        limit: Limit = 100,
+        offset: Offset = 0,
+    ) -> schemas.QuarantinePage:
+        return await service.list_quarantine(
+            db_session, tenant_id, run_id, limit=limit, offset=offset
+        )
+
+    @get(
+        "/{run_id:uuid}/progress",
+        operation_id="streamRunProgress",
+        summary="Live progress as server-sent events until the run ends",
+        responses=error_responses(401, 403, 404),
+    )
+    async def progress(
+        self, tenant_id: str, run_id: uuid.UUID, db: Database, db_session: AsyncSession
+    ) -> ServerSentEvent:
+        await service.get_run(db_session, tenant_id, run_id)  # 404 before streaming
+        await db_session.close()
+        return ServerSentEvent(_progress_events(db, tenant_id, run_id))
+
+
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+async def _progress_events(
+    db: Database, tenant_id: str, run_id: uuid.UUID, *, every_s: float = 1.0
+) -> AsyncIterator[dict[str, Any]]:
+    last: bytes | None = None
+    while True:
+        async with asyncio.timeout(10), db.session() as session:
+            run = await service.get_run(session, tenant_id, run_id)
+        body = msgspec.json.encode(run)
+        if body != last:
+            last = body
+            yield {"event": "run", "data": body.decode(), "id": str(run.updated_at.timestamp())}
+        if run.status in FINAL:
+            return
+        await asyncio.sleep(every_s)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+
+from app.modules.ingestion.connectors.base import DateWindow
+from app.modules.ingestion.connectors.synthetic import iter_events
+from tests.fixtures.ingestion import IngestKit
+
+DAY = date(2026, 1, 5)
+
+
+def expected_rows(seed: int, start: date, end: date, sessions: int) -> int:
+    return sum(1 for _ in iter_events(seed, DateWindow(start, end), sessions))
+
+
+async def test_manual_run_loads_a_window_and_a_rerun_adds_nothing(ingest: IngestKit) -> None:
+    await ingest.tenant()
+    source = await ingest.source(config={"seed": 7, "sessions_per_day": 300, "batch_rows": 700})
+    expected = expected_rows(7, DAY, date(2026, 1, 6), 300)
+    async with ingest.runner() as runner:
+        first = await ingest.queue_run(source.id, DAY, date(2026, 1, 6))
+        runner.wake()
+        done = await ingest.wait_final(first.id)
+        assert done.status == "succeeded", done.error
+        assert done.progress.rows_loaded == expected
+        assert done.progress.rows_duplicate == 0
+        assert done.attempt == 1
+        assert await ingest.event_count() == expected
+
+        second = await ingest.queue_run(source.id, DAY, date(2026, 1, 6))
+        again = await ingest.wait_final(second.id)
+        assert again.status == "succeeded"
+        assert again.progress.rows_loaded == 0
+        assert again.progress.rows_duplicate == expected
+    assert await ingest.event_count() == expected
+    version = await ingest.scalar("SELECT version FROM tenant_data_versions WHERE tenant_id='acme'")
+    assert version >= 1
+
+
+async def test_ten_runs_in_parallel_complete_with_correct_counts(ingest: IngestKit) -> None:
+    await ingest.tenant()
+    sources = [
+        await ingest.source(config={"seed": i, "sessions_per_day": 60, "batch_rows": 5000})
+        for i in range(10)
+    ]
+    expected = sum(expected_rows(i, DAY, DAY, 60) for i in range(10))
+    async with ingest.runner(ingest_concurrency=10) as runner:
+        runs = [await ingest.queue_run(s.id, DAY, DAY) for s in sources]
+        runner.wake()
+        seen_parallel = 0
+
+        async def all_done() -> bool:
+            nonlocal seen_parallel
+            seen_parallel = max(seen_parallel, len(runner.active))
+            statuses = [(await ingest.run(r.id)).status for r in runs]
+            return all(s == "succeeded" for s in statuses)
+
+        from tests.fixtures.ingestion import wait_until
+
+        await wait_until(all_done, timeout_s=90)
+    finals = await asyncio.gather(*(ingest.run(r.id) for r in runs))
+    assert sum(r.progress.rows_loaded for r in finals) == expected
+    assert await ingest.event_count() == expected
+    assert seen_parallel > 1
