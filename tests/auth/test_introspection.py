@@ -69,7 +69,7 @@ async def test_inactive_token_is_401_and_cached_briefly(serve: Serve, issuer: Oi
         {"exp": 1},
         {"aud": "another-api"},
         {"iss": "https://elsewhere.example"},
-        {"sub": None},
+        {"sub": None, "client_id": None},
     ],
 )
 async def test_active_but_unacceptable_answers_are_refused(
@@ -130,3 +130,13 @@ async def test_jwts_are_still_validated_locally(serve: Serve, issuer: OidcIssuer
     async with serve(**introspection(issuer)) as (_app, http):
         assert (await http.get(ME, headers=bearer(issuer.token()))).status_code == 200
         assert issuer.introspection_calls == 0
+
+
+async def test_dotted_opaque_token_falls_back_to_introspection(
+    serve: Serve, issuer: OidcIssuer
+) -> None:
+    issuer.register_opaque("v2.local.abc", **active(issuer, sub=None))
+    async with serve(**introspection(issuer)) as (_app, http):
+        response = await http.get(ME, headers=bearer("v2.local.abc"))
+        assert response.status_code == 200, response.text
+        assert response.json()["subject"] == "reporting"  # the client, as sub is absent

@@ -162,3 +162,12 @@ async def test_admin_gets_403_on_operator_routes(
 async def test_every_route_declares_a_known_role_or_none(all_endpoints: list[Endpoint]) -> None:
     for endpoint in all_endpoints:
         assert endpoint.role in {None, "viewer", "admin", "operator"}, str(endpoint)
+
+
+async def test_tenant_path_parameters_are_named_tenant_id(settings: Settings) -> None:
+    # The guard's membership check keys on the name "tenant_id": a route that spells it
+    # differently would skip it.
+    for route in create_app(settings).routes:
+        for name in getattr(route, "path_parameters", {}):
+            if "tenant" in name.lower():
+                assert name == "tenant_id", f"{route.path}: call the parameter tenant_id"

@@ -130,6 +130,9 @@ class Introspector:
                 return inactive
         if self.issuer is not None and body.get("iss") not in (None, self.issuer):
             return inactive
+        if not body.get("sub") and isinstance(body.get("client_id"), str):
+            # RFC 7662 makes sub optional; a client-credentials token is its client.
+            body = {**body, "sub": body["client_id"]}
         try:
             principal = self.mapping.principal(body)
         except ClaimsError:

@@ -23,7 +23,13 @@ class Authenticator:
     async def authenticate(self, token: str) -> Principal:
         check_size(token)
         if looks_like_jwt(token) and self.validator is not None:
-            return await self.validator.validate(token)
+            try:
+                return await self.validator.validate(token)
+            except InvalidToken as exc:
+                # An opaque token may contain dots; if it does not even parse as a JWT,
+                # the IdP may still know it.
+                if exc.reason != "malformed" or self.introspector is None:
+                    raise
         if self.introspector is not None:
             return await self.introspector.principal(token)
         if self.validator is None:
