@@ -29,6 +29,7 @@ from tests.fixtures.postgres import (
 pytest_plugins = [
     "tests.fixtures.oidc",
     "tests.fixtures.ingestion",
+    "tests.fixtures.browser",
 ]
 
 

@@ -10,7 +10,7 @@ from app.core.lifespan import LifespanHook
 
 # Order matters only for lifespan hooks: later modules start after earlier ones
 # and stop before them.
-INSTALLED: tuple[str, ...] = ("auth", "tenants", "events", "ingestion")
+INSTALLED: tuple[str, ...] = ("auth", "tenants", "events", "ingestion", "web")
 
 
 @dataclass(frozen=True)
