@@ -1,4 +1,4 @@
-"""dashboard_rollups: hourly stats rollups with HLL sketches, and the session index
+"""dashboard_rollups: stats rollups (UTC hours, local days) with HLL sketches; session index
 
 Revision ID: 0005
 Revises: 0004
@@ -16,15 +16,18 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # One row per (tenant, dimension, UTC hour, value); dimension 0 is the all-events
-    # total. The primary key serves every dashboard read: tenant, one dimension, an
-    # hour range. Sketches are Apache DataSketches HLL (lg_k=12, HLL_4) in compact form.
+    # grain 0: one row per (tenant, UTC hour) for the all-events total (dim 0).
+    # grain 1: one row per (tenant, local day in the tenant's timezone, dimension,
+    # value); dim 0 is the total. bucket is the instant the hour or local day starts.
+    # The primary key serves every dashboard read: tenant, grain, one dimension, a
+    # bucket range. Sketches are Apache DataSketches HLL (lg_k=12, HLL_4), compact.
     op.execute(
         """
         CREATE TABLE stats_rollups (
             tenant_id text NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+            grain smallint NOT NULL,
             dim smallint NOT NULL,
-            hour timestamptz NOT NULL,
+            bucket timestamptz NOT NULL,
             value text NOT NULL,
             events bigint NOT NULL,
             pageviews bigint NOT NULL,
@@ -32,11 +35,22 @@ def upgrade() -> None:
             conversions bigint NOT NULL,
             engagement_msec bigint NOT NULL,
             revenue numeric(24,6) NOT NULL,
+            users_count bigint NOT NULL,
+            sessions_count bigint NOT NULL,
             users_hll bytea,
             sessions_hll bytea,
             engaged_hll bytea,
             converting_hll bytea,
-            CONSTRAINT pk_stats_rollups PRIMARY KEY (tenant_id, dim, hour, value)
+            CONSTRAINT pk_stats_rollups PRIMARY KEY (tenant_id, grain, dim, bucket, value)
+        )
+        """
+    )
+    op.execute(
+        """
+        CREATE TABLE stats_rollup_state (
+            tenant_id text PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+            timezone text NOT NULL,
+            built_at timestamptz NOT NULL
         )
         """
     )
@@ -46,4 +60,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP INDEX IF EXISTS ix_events_tenant_session")
+    op.execute("DROP TABLE stats_rollup_state")
     op.execute("DROP TABLE stats_rollups")

@@ -37,14 +37,21 @@ from app.modules.dashboard.schemas import (
 )
 from app.modules.events import DataVersion, get_data_version
 from app.modules.events.query import (
+    RANKABLE,
     AggregateResult,
     Aggregates,
     AggregateSpec,
     GroupKey,
+    TopN,
     aggregate,
     time_grain,
 )
-from app.modules.events.rollups import CONFIDENCE, RELATIVE_ERROR, DistinctCount
+from app.modules.events.rollups import (
+    CONFIDENCE,
+    RELATIVE_ERROR,
+    DistinctCount,
+    rollup_timezone,
+)
 
 log = structlog.get_logger("app.dashboard")
 
@@ -54,6 +61,18 @@ DISTINCT_METRICS = {
     "engaged_sessions": "engaged_sessions",
 }
 RATIO_METRICS = ("avg_session_duration", "views_per_session", "conversion_rate")
+# The distinct counts each metric is computed from.
+METRIC_NEEDS: dict[str, frozenset[str]] = {
+    "users": frozenset({"users"}),
+    "sessions": frozenset({"sessions"}),
+    "engaged_sessions": frozenset({"engaged_sessions"}),
+    "bounce_rate": frozenset({"sessions", "engaged_sessions"}),
+    "avg_session_duration": frozenset({"sessions"}),
+    "views_per_session": frozenset({"sessions"}),
+    "conversion_rate": frozenset({"sessions", "converting_sessions"}),
+}
+# Breakdowns whose page ends within this many rows rank candidates in SQL.
+TOP_N_MAX = 1_000
 
 
 @dataclass(frozen=True)
@@ -74,8 +93,8 @@ async def _first_event_day(session: AsyncSession, tenant_id: str, zone: str) -> 
     row = (
         await session.execute(
             text(
-                "SELECT (min(hour) AT TIME ZONE :tz)::date AS first FROM stats_rollups"
-                " WHERE tenant_id = :tenant_id AND dim = 0"
+                "SELECT (min(bucket) AT TIME ZONE :tz)::date AS first FROM stats_rollups"
+                " WHERE tenant_id = :tenant_id AND grain = 0 AND dim = 0"
             ),
             {"tenant_id": tenant_id, "tz": zone},
         )
@@ -190,24 +209,59 @@ def _offset_minutes(zone: tzinfo, start: datetime, end: datetime) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _Context:
+    tenant_id: str
+    zone: tzinfo
+    calendar: TenantCalendar
+    rollup_timezone: str | None
+
+
+def _needs(metrics: Iterable[str]) -> frozenset[str]:
+    out: frozenset[str] = frozenset()
+    for metric in metrics:
+        out |= METRIC_NEEDS.get(metric, frozenset())
+    return out
+
+
+def _top(q: NormalQuery) -> TopN | None:
+    """Rank in SQL when the page is a top list of one plain dimension by one metric."""
+    if len(q.dimensions) != 1 or q.time_dimension is not None:
+        return None
+    first, *rest = q.order_by
+    if first.field not in RANKABLE or [(o.field, o.descending) for o in rest] != [
+        (q.dimensions[0], False)
+    ]:
+        return None
+    wanted = q.offset + q.limit
+    if wanted > TOP_N_MAX:
+        return None
+    exact_rank = first.field not in DISTINCT_METRICS
+    # A distinct count ranks by the sum of per-day counts, an upper bound of the true
+    # figure: take spare candidates, the final order comes from the merged sketches.
+    return TopN(first.field, first.descending, wanted if exact_rank else 2 * wanted + 20)
+
+
 def _spec(
-    tenant_id: str,
+    ctx: _Context,
     q: NormalQuery,
     span: DateRange,
-    zone: tzinfo,
-    calendar: TenantCalendar,
     group_by: tuple[str, ...],
+    top: TopN | None = None,
 ) -> AggregateSpec:
-    start, end = _range_bounds(span, zone)
+    start, end = _range_bounds(span, ctx.zone)
     return AggregateSpec(
-        tenant_id=tenant_id,
+        tenant_id=ctx.tenant_id,
         start=start,
         end=end,
         timezone=q.timezone,
         group_by=group_by,
         filters=q.filters,
-        conversion_events=calendar.conversion_events,
-        offset_minutes=_offset_minutes(zone, start, end),
+        conversion_events=ctx.calendar.conversion_events,
+        offset_minutes=_offset_minutes(ctx.zone, start, end),
+        rollup_timezone=ctx.rollup_timezone,
+        needs=_needs(q.metrics),
+        top=top,
     )
 
 
@@ -228,6 +282,7 @@ class _Period:
     labels: list[str] | None
     approximate: bool
     source: str
+    total_groups: int | None = None
 
 
 def _bucket_key(key: Any) -> Any:
@@ -237,17 +292,13 @@ def _bucket_key(key: Any) -> Any:
 
 
 async def _run_period(
-    session: AsyncSession,
-    tenant_id: str,
-    q: NormalQuery,
-    span: DateRange,
-    zone: tzinfo,
-    calendar: TenantCalendar,
+    session: AsyncSession, ctx: _Context, q: NormalQuery, span: DateRange, top: TopN | None
 ) -> _Period:
+    zone = ctx.zone
     grouped: AggregateResult | None = None
     if q.dimensions:
-        grouped = await aggregate(session, _spec(tenant_id, q, span, zone, calendar, q.dimensions))
-    totals_result = await aggregate(session, _spec(tenant_id, q, span, zone, calendar, ()))
+        grouped = await aggregate(session, _spec(ctx, q, span, q.dimensions, top))
+    totals_result = await aggregate(session, _spec(ctx, q, span, ()))
     totals = totals_result.groups.get((), Aggregates())
     labels: list[str] | None = None
     groups: dict[GroupKey, Aggregates] = {}
@@ -279,6 +330,7 @@ async def _run_period(
         labels=labels,
         approximate="rollups" in sources,
         source=sources.pop() if len(sources) == 1 else "mixed",
+        total_groups=grouped.total_groups if grouped else None,
     )
 
 
@@ -325,10 +377,10 @@ async def run_normal_query(
     data_version: DataVersion | None = None,
 ) -> StatsResult:
     version = data_version or await get_data_version(session, tenant_id)
-    current = await _run_period(session, tenant_id, q, q.date_range, zone, calendar)
-    previous = (
-        await _run_period(session, tenant_id, q, q.compare, zone, calendar) if q.compare else None
-    )
+    ctx = _Context(tenant_id, zone, calendar, await rollup_timezone(session, tenant_id))
+    top = _top(q)
+    current = await _run_period(session, ctx, q, q.date_range, top)
+    previous = await _run_period(session, ctx, q, q.compare, None) if q.compare else None
     labels = current.labels
     rows: list[tuple[GroupKey, StatsRow]] = []
     for key, agg in current.groups.items():
@@ -365,7 +417,7 @@ async def run_normal_query(
             date_range=q.date_range.as_list(),
             compare_range=q.compare.as_list() if q.compare else None,
             time_labels=labels,
-            total_rows=len(rows),
+            total_rows=current.total_groups if current.total_groups is not None else len(rows),
             source=sources.pop() if len(sources) == 1 else "mixed",
             fresh_until=version.fresh_until.isoformat() if version.fresh_until else None,
             data_version=version.version,

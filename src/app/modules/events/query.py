@@ -1,11 +1,13 @@
-"""The query engine over events and their hourly rollups.
+"""The query engine over events and their rollups.
 
 The dashboard resolves a user's query (dates, timezone, presets) into an
 :class:`AggregateSpec` - a half-open UTC interval, at most two groupings, AND-ed
-filters - and calls :func:`aggregate`. The engine answers from the hourly rollups
+filters - and calls :func:`aggregate`. The engine answers from the rollups
 (``stats_rollups``, kept by :mod:`app.modules.events.rollups`) when they cover the
-query, and from the raw ``events`` table otherwise. Both paths compute the same
-base aggregates with the same definitions:
+query - local-day rows for one dimension in the tenant's timezone, UTC-hour totals
+for hourly series and other whole-hour timezones - and from the raw ``events``
+table otherwise. Both paths compute the same base aggregates with the same
+definitions:
 
 * additive, always exact: ``events``, ``pageviews``, ``new_users``, ``conversions``,
   ``engagement_msec``, ``revenue``;
@@ -29,7 +31,13 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.modules.events.rollups import DistinctCount, exact, merge_sketches
+from app.modules.events.rollups import (
+    GRAIN_DAY,
+    GRAIN_HOUR,
+    DistinctCount,
+    exact,
+    merge_sketches,
+)
 
 # Dimension name -> rollup dimension id (0 is the "all events" total).
 DIMENSIONS: dict[str, int] = {
@@ -77,6 +85,34 @@ class Filter:
 
 
 @dataclass(frozen=True)
+class TopN:
+    """Only the first ``n`` groups by ``rank`` (one plain dimension, rollups only)."""
+
+    rank: str
+    descending: bool
+    n: int
+
+
+# Base aggregates a rollup can rank groups by: exact sums, and per-bucket exact
+# distinct counts summed (an upper bound that preselects candidates).
+RANKABLE: dict[str, str] = {
+    "events": "sum(r.events)",
+    "pageviews": "sum(r.pageviews)",
+    "new_users": "sum(r.new_users)",
+    "conversions": "sum(r.conversions)",
+    "revenue": "sum(r.revenue)",
+    "users": "sum(r.users_count)",
+    "sessions": "sum(r.sessions_count)",
+}
+_SKETCH_COLUMNS = {
+    "users": "users_hll",
+    "sessions": "sessions_hll",
+    "engaged_sessions": "engaged_hll",
+    "converting_sessions": "converting_hll",
+}
+
+
+@dataclass(frozen=True)
 class AggregateSpec:
     """One aggregation: ``[start, end)`` in UTC, grouped by up to two keys."""
 
@@ -91,6 +127,11 @@ class AggregateSpec:
     # Minutes past the hour of the zone's UTC offset (30 for India): hourly rollups
     # only line up with local hours when it is 0.
     offset_minutes: int = 0
+    # The timezone the tenant's day rollups were built in (None: none built).
+    rollup_timezone: str | None = None
+    # Distinct counts the caller needs (the rest may be left at zero).
+    needs: frozenset[str] = frozenset(DISTINCT)
+    top: TopN | None = None
 
 
 @dataclass
@@ -116,6 +157,8 @@ GroupKey = tuple[Any, ...]
 class AggregateResult:
     groups: dict[GroupKey, Aggregates]
     source: Literal["rollups", "events"]
+    # How many groups there were before ``top`` cut them (None: all are in groups).
+    total_groups: int | None = None
 
 
 def time_grain(key: str) -> TimeGrain | None:
@@ -127,18 +170,31 @@ def time_grain(key: str) -> TimeGrain | None:
     return None
 
 
-def uses_rollups(spec: AggregateSpec) -> bool:
-    """True when one rollup dimension covers every grouping and filter."""
-    if spec.offset_minutes % 60 != 0:
-        return False
+def rollup_plan(spec: AggregateSpec) -> tuple[int, str | None] | None:
+    """Which rollup grain and dimension answer ``spec``, or None for raw events."""
+    grains = [time_grain(k) for k in spec.group_by]
+    grain = next((g for g in grains if g is not None), None)
     dims = {k for k in spec.group_by if time_grain(k) is None} | {f.dimension for f in spec.filters}
-    return len(dims) <= 1
+    if len(dims) > 1:
+        return None
+    dim = next(iter(dims)) if dims else None
+    if grain != "hour" and spec.rollup_timezone == spec.timezone:
+        return GRAIN_DAY, dim
+    if dim is None and spec.offset_minutes % 60 == 0:
+        return GRAIN_HOUR, None
+    return None
+
+
+def uses_rollups(spec: AggregateSpec) -> bool:
+    return rollup_plan(spec) is not None
 
 
 async def aggregate(session: AsyncSession, spec: AggregateSpec) -> AggregateResult:
     """Aggregate the tenant's events for ``spec`` from rollups when possible."""
-    if uses_rollups(spec):
-        return AggregateResult(await _from_rollups(session, spec), "rollups")
+    plan = rollup_plan(spec)
+    if plan is not None:
+        groups, total = await _from_rollups(session, spec, *plan)
+        return AggregateResult(groups, "rollups", total)
     return AggregateResult(await _from_events(session, spec), "events")
 
 
@@ -271,60 +327,84 @@ async def _from_events(session: AsyncSession, spec: AggregateSpec) -> dict[Group
 _MERGE_ON_THREAD_ABOVE = 400
 
 
-async def _from_rollups(session: AsyncSession, spec: AggregateSpec) -> dict[GroupKey, Aggregates]:
+async def _from_rollups(
+    session: AsyncSession, spec: AggregateSpec, grain: int, dim_name: str | None
+) -> tuple[dict[GroupKey, Aggregates], int | None]:
     params = _params(spec)
-    dims = {k for k in spec.group_by if time_grain(k) is None} | {f.dimension for f in spec.filters}
-    dim_name = next(iter(dims)) if dims else None
+    params["grain"] = grain
     params["dim"] = DIMENSIONS[dim_name] if dim_name else TOTAL_DIMENSION
     value_sql = dict.fromkeys(DIMENSIONS, "r.value")
-    groups = [_group_sql(k, "r.hour", "r.value") for k in spec.group_by]
-    select_groups = "".join(f"{g} AS g{i}, " for i, g in enumerate(groups))
-    group_clause = f"GROUP BY {', '.join(f'g{i}' for i in range(len(groups)))}" if groups else ""
-    where = _filter_sql(spec.filters, params, value_sql)
-    sql = f"""
-        SELECT {select_groups}
+    groups = [_group_sql(k, "r.bucket", "r.value") for k in spec.group_by]
+    n = len(groups)
+    where = (
+        "r.tenant_id = :tenant_id AND r.grain = :grain AND r.dim = :dim"
+        " AND r.bucket >= :start AND r.bucket < :end"
+    ) + _filter_sql(spec.filters, params, value_sql)
+    sums = """
             coalesce(sum(r.events), 0) AS events,
             coalesce(sum(r.pageviews), 0) AS pageviews,
             coalesce(sum(r.new_users), 0) AS new_users,
             coalesce(sum(r.conversions), 0) AS conversions,
             coalesce(sum(r.engagement_msec), 0) AS engagement_msec,
-            coalesce(sum(r.revenue), 0) AS revenue,
-            array_agg(r.users_hll) FILTER (WHERE r.users_hll IS NOT NULL) AS users,
-            array_agg(r.sessions_hll) FILTER (WHERE r.sessions_hll IS NOT NULL) AS sessions,
-            array_agg(r.engaged_hll) FILTER (WHERE r.engaged_hll IS NOT NULL) AS engaged,
-            array_agg(r.converting_hll) FILTER (WHERE r.converting_hll IS NOT NULL) AS converting
-        FROM stats_rollups r
-        WHERE r.tenant_id = :tenant_id AND r.dim = :dim
-          AND r.hour >= :start AND r.hour < :end
-          {where}
-        {group_clause}
-    """
-    rows = (await session.execute(text(sql), params)).all()
-    n = len(groups)
-    if not groups and rows and rows[0].events == 0 and not rows[0].users:
-        return {}
-    sketch_count = sum(
-        len(r.users or ()) + len(r.sessions or ()) + len(r.engaged or ()) + len(r.converting or ())
-        for r in rows
+            coalesce(sum(r.revenue), 0) AS revenue"""
+    sketches = "".join(
+        f", array_agg(r.{column}) FILTER (WHERE r.{column} IS NOT NULL) AS {name}"
+        for name, column in _SKETCH_COLUMNS.items()
+        if name in spec.needs
     )
+    top = spec.top if n == 1 and dim_name and spec.group_by == (dim_name,) else None
+    if top is not None and top.rank in RANKABLE:
+        params["top_n"] = top.n
+        direction = "DESC" if top.descending else "ASC"
+        sql = f"""
+            WITH ranked AS (
+                SELECT r.value AS g0, {sums},
+                    {RANKABLE[top.rank]} AS rank, count(*) OVER () AS total_groups
+                FROM stats_rollups r WHERE {where}
+                GROUP BY r.value
+                ORDER BY rank {direction}, r.value ASC
+                LIMIT :top_n
+            )
+            SELECT k.g0, k.events, k.pageviews, k.new_users, k.conversions,
+                k.engagement_msec, k.revenue, k.total_groups {sketches}
+            FROM ranked k
+            JOIN stats_rollups r ON {where} AND r.value = k.g0
+            GROUP BY k.g0, k.events, k.pageviews, k.new_users, k.conversions,
+                k.engagement_msec, k.revenue, k.total_groups
+        """
+    else:
+        top = None
+        select_groups = "".join(f"{g} AS g{i}, " for i, g in enumerate(groups))
+        group_clause = f"GROUP BY {', '.join(f'g{i}' for i in range(n))}" if groups else ""
+        sql = f"""
+            SELECT {select_groups} {sums} {sketches}
+            FROM stats_rollups r WHERE {where}
+            {group_clause}
+        """
+    rows = (await session.execute(text(sql), params)).mappings().all()
+    if not groups and rows and rows[0]["events"] == 0:
+        return {}, None
+    total_groups = (int(rows[0]["total_groups"]) if rows else 0) if top is not None else None
+    sketch_count = sum(len(row.get(name) or ()) for row in rows for name in _SKETCH_COLUMNS)
 
     def build() -> dict[GroupKey, Aggregates]:
-        return {
-            tuple(row[:n]): Aggregates(
-                events=int(row.events),
-                pageviews=int(row.pageviews),
-                new_users=int(row.new_users),
-                conversions=int(row.conversions),
-                engagement_msec=int(row.engagement_msec),
-                revenue=Decimal(row.revenue),
-                users=merge_sketches(row.users or ()),
-                sessions=merge_sketches(row.sessions or ()),
-                engaged_sessions=merge_sketches(row.engaged or ()),
-                converting_sessions=merge_sketches(row.converting or ()),
+        out: dict[GroupKey, Aggregates] = {}
+        for row in rows:
+            distinct = {name: merge_sketches(row.get(name) or ()) for name in _SKETCH_COLUMNS}
+            out[tuple(row[f"g{i}"] for i in range(n))] = Aggregates(
+                events=int(row["events"]),
+                pageviews=int(row["pageviews"]),
+                new_users=int(row["new_users"]),
+                conversions=int(row["conversions"]),
+                engagement_msec=int(row["engagement_msec"]),
+                revenue=Decimal(row["revenue"]),
+                users=distinct["users"],
+                sessions=distinct["sessions"],
+                engaged_sessions=distinct["engaged_sessions"],
+                converting_sessions=distinct["converting_sessions"],
             )
-            for row in rows
-        }
+        return out
 
     if sketch_count > _MERGE_ON_THREAD_ABOVE:
-        return await asyncio.to_thread(build)
-    return build()
+        return await asyncio.to_thread(build), total_groups
+    return build(), total_groups

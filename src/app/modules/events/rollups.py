@@ -1,19 +1,26 @@
-"""Hourly rollups of each tenant's events, kept up to date inside every load.
+"""Rollups of each tenant's events, kept up to date inside every load.
 
-One row per (tenant, UTC hour, dimension, value) in ``stats_rollups``: the "all
-events" total (dimension 0) and each of the ten dashboard dimensions. Each row holds
-exact additive sums and four HyperLogLog sketches (Apache DataSketches, lg_k=12,
-HLL_4) of the distinct users, sessions, engaged sessions and converting sessions seen
-in that hour. Sums add up over any range; sketches merge into distinct counts whose
+Two grains in ``stats_rollups``:
+
+* ``GRAIN_DAY``: one row per (tenant, local day in the tenant's timezone, dimension,
+  value), for the "all events" total (dimension 0) and each of the ten dashboard
+  dimensions. This is what summaries, daily/weekly/monthly series and breakdowns in
+  the tenant's own timezone read: 30 rows per value for 30 days.
+* ``GRAIN_HOUR``: one row per (tenant, UTC hour) for the total only. It serves hourly
+  series and any other timezone whose offset is a whole number of hours, across
+  daylight-saving changes, because a local day or hour there is a union of UTC hours.
+
+Each row holds exact additive sums, exact distinct users/sessions of that bucket (used
+to rank breakdown candidates) and four HyperLogLog sketches (Apache DataSketches,
+lg_k=12, HLL_4) of the distinct users, sessions, engaged sessions and converting
+sessions. Sums add up over any range; sketches merge into distinct counts whose
 relative error is bounded (see :data:`RELATIVE_ERROR`).
-
-Hours in UTC serve every timezone whose offset is a whole number of hours, across
-daylight-saving changes, because a local day or hour is always a union of whole UTC
-hours there; other zones (India, Nepal...) are answered from raw events.
 
 Session-level facts are global to the session: a session is engaged if *any* of its
 events, on any day, makes it so. A late event can therefore change an older day; the
 refresh widens the days it rebuilds to every day on which a touched session has events.
+``stats_rollup_state`` remembers the timezone the day rows were built in; when the
+tenant's timezone changes, the engine stops using them and the next refresh rebuilds.
 """
 
 from __future__ import annotations
@@ -61,14 +68,19 @@ ROLLUP_DIMENSIONS: tuple[str, ...] = (
 _DAYS_PER_BATCH = 7
 
 
+GRAIN_HOUR = 0
+GRAIN_DAY = 1
+
+
 class StatsRollup(Base):
     __tablename__ = "stats_rollups"
 
     tenant_id: Mapped[str] = mapped_column(
         Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
     )
+    grain: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     dim: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    bucket: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     value: Mapped[str] = mapped_column(Text, primary_key=True)
     events: Mapped[int] = mapped_column(BigInteger)
     pageviews: Mapped[int] = mapped_column(BigInteger)
@@ -76,10 +88,24 @@ class StatsRollup(Base):
     conversions: Mapped[int] = mapped_column(BigInteger)
     engagement_msec: Mapped[int] = mapped_column(BigInteger)
     revenue: Mapped[Decimal] = mapped_column(Numeric(24, 6))
+    users_count: Mapped[int] = mapped_column(BigInteger)
+    sessions_count: Mapped[int] = mapped_column(BigInteger)
     users_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
     sessions_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
     engaged_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
     converting_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class StatsRollupState(Base):
+    """The timezone a tenant's day rollups were built in."""
+
+    __tablename__ = "stats_rollup_state"
+
+    tenant_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    timezone: Mapped[str] = mapped_column(Text)
+    built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # --- distinct counts -------------------------------------------------------------------
@@ -132,16 +158,7 @@ def merge_sketches(blobs: Sequence[bytes]) -> DistinctCount:
 # --- refresh ----------------------------------------------------------------------------
 
 
-async def conversion_events(session: AsyncSession, tenant_id: str) -> tuple[str, ...]:
-    """The event names the tenant counts as conversions (from the tenants module)."""
-    from app.modules.tenants import get_tenant_config
-
-    config = await get_tenant_config(session, tenant_id)
-    names = config.conversion_events
-    return tuple(sorted(str(n) for n in names))
-
-
-_DIMENSION_VALUES = ", ".join(
+_DAY_DIMENSIONS = ", ".join(
     f"({i}, coalesce(nullif(x.{name}, ''), '(not set)'))"
     for i, name in enumerate(ROLLUP_DIMENSIONS, start=1)
 )
@@ -162,61 +179,75 @@ _SESSION_DAYS = sql_text(
 )
 
 _DELETE = sql_text(
-    "DELETE FROM stats_rollups WHERE tenant_id = :tenant_id AND hour >= :lo AND hour < :hi"
+    "DELETE FROM stats_rollups WHERE tenant_id = :tenant_id AND grain = :grain"
+    " AND bucket >= :lo AND bucket < :hi"
 )
 
-_AGGREGATE = sql_text(
-    f"""
-    WITH ev AS (
-        SELECT * FROM events e
-        WHERE e.tenant_id = :tenant_id AND e.occurred_at >= :lo AND e.occurred_at < :hi
-    ),
-    engaged AS (
-        SELECT s.user_id, s.session_id
-        FROM events s
-        WHERE s.tenant_id = :tenant_id
-          AND (s.user_id, s.session_id) IN (
-              SELECT DISTINCT user_id, session_id FROM ev
-              WHERE user_id IS NOT NULL AND session_id IS NOT NULL)
-        GROUP BY s.user_id, s.session_id
-        HAVING coalesce(bool_or(s.session_engaged), false)
-            OR coalesce(sum(s.engagement_time_msec), 0) >= 10000
-            OR count(*) FILTER (WHERE s.event_name = 'page_view') >= 2
-            OR bool_or(s.event_name = ANY(:conversions))
-    ),
-    x AS (
-        SELECT ev.*,
-            date_trunc('hour', ev.occurred_at, 'UTC') AS hour,
-            CASE WHEN ev.user_id IS NOT NULL THEN hashtextextended(ev.user_id, 0) END AS uh,
-            CASE WHEN ev.user_id IS NOT NULL AND ev.session_id IS NOT NULL
-                 THEN hashtextextended(ev.user_id || chr(31) || ev.session_id, 0) END AS sh,
-            g.user_id IS NOT NULL AS is_engaged,
-            ev.event_name = ANY(:conversions) AS is_conversion
-        FROM ev
-        LEFT JOIN engaged g ON g.user_id = ev.user_id AND g.session_id = ev.session_id
+
+def _aggregate_sql(grain: int) -> Any:
+    if grain == GRAIN_HOUR:
+        bucket = "date_trunc('hour', ev.occurred_at, 'UTC')"
+        dimensions = "(VALUES (0, ''))"
+    else:
+        bucket = "((ev.occurred_at AT TIME ZONE :tz)::date)::timestamp AT TIME ZONE :tz"
+        dimensions = f"(VALUES (0, ''), {_DAY_DIMENSIONS})"
+    return sql_text(
+        f"""
+        WITH ev AS (
+            SELECT * FROM events e
+            WHERE e.tenant_id = :tenant_id AND e.occurred_at >= :lo AND e.occurred_at < :hi
+        ),
+        engaged AS (
+            SELECT s.user_id, s.session_id
+            FROM events s
+            WHERE s.tenant_id = :tenant_id
+              AND (s.user_id, s.session_id) IN (
+                  SELECT DISTINCT user_id, session_id FROM ev
+                  WHERE user_id IS NOT NULL AND session_id IS NOT NULL)
+            GROUP BY s.user_id, s.session_id
+            HAVING coalesce(bool_or(s.session_engaged), false)
+                OR coalesce(sum(s.engagement_time_msec), 0) >= 10000
+                OR count(*) FILTER (WHERE s.event_name = 'page_view') >= 2
+                OR bool_or(s.event_name = ANY(:conversions))
+        ),
+        x AS (
+            SELECT ev.*,
+                {bucket} AS bucket,
+                CASE WHEN ev.user_id IS NOT NULL THEN hashtextextended(ev.user_id, 0) END AS uh,
+                CASE WHEN ev.user_id IS NOT NULL AND ev.session_id IS NOT NULL
+                     THEN hashtextextended(ev.user_id || chr(31) || ev.session_id, 0) END AS sh,
+                g.user_id IS NOT NULL AS is_engaged,
+                ev.event_name = ANY(:conversions) AS is_conversion
+            FROM ev
+            LEFT JOIN engaged g ON g.user_id = ev.user_id AND g.session_id = ev.session_id
+        )
+        SELECT x.bucket, d.dim, d.value,
+            count(*) AS events,
+            count(*) FILTER (WHERE x.event_name = 'page_view') AS pageviews,
+            count(*) FILTER (WHERE x.event_name = 'first_visit') AS new_users,
+            count(*) FILTER (WHERE x.is_conversion) AS conversions,
+            coalesce(sum(x.engagement_time_msec), 0) AS engagement_msec,
+            coalesce(sum(x.revenue), 0) AS revenue,
+            array_agg(DISTINCT x.uh) FILTER (WHERE x.uh IS NOT NULL) AS users,
+            array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL) AS sessions,
+            array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_engaged)
+                AS engaged,
+            array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_conversion)
+                AS converting
+        FROM x
+        CROSS JOIN LATERAL {dimensions} AS d(dim, value)
+        GROUP BY x.bucket, d.dim, d.value
+        """
     )
-    SELECT x.hour, d.dim, d.value,
-        count(*) AS events,
-        count(*) FILTER (WHERE x.event_name = 'page_view') AS pageviews,
-        count(*) FILTER (WHERE x.event_name = 'first_visit') AS new_users,
-        count(*) FILTER (WHERE x.is_conversion) AS conversions,
-        coalesce(sum(x.engagement_time_msec), 0) AS engagement_msec,
-        coalesce(sum(x.revenue), 0) AS revenue,
-        array_agg(DISTINCT x.uh) FILTER (WHERE x.uh IS NOT NULL) AS users,
-        array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL) AS sessions,
-        array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_engaged) AS engaged,
-        array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_conversion)
-            AS converting
-    FROM x
-    CROSS JOIN LATERAL (VALUES (0, ''), {_DIMENSION_VALUES}) AS d(dim, value)
-    GROUP BY x.hour, d.dim, d.value
-    """
-)
+
+
+_AGGREGATE = {GRAIN_HOUR: _aggregate_sql(GRAIN_HOUR), GRAIN_DAY: _aggregate_sql(GRAIN_DAY)}
 
 ROLLUP_COLUMNS = (
     "tenant_id",
+    "grain",
     "dim",
-    "hour",
+    "bucket",
     "value",
     "events",
     "pageviews",
@@ -224,6 +255,8 @@ ROLLUP_COLUMNS = (
     "conversions",
     "engagement_msec",
     "revenue",
+    "users_count",
+    "sessions_count",
     "users_hll",
     "sessions_hll",
     "engaged_hll",
@@ -246,12 +279,13 @@ def _batches(days: Collection[date]) -> list[tuple[date, date]]:
     return runs
 
 
-def _rollup_records(tenant_id: str, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
+def _rollup_records(tenant_id: str, grain: int, rows: Sequence[Any]) -> list[tuple[Any, ...]]:
     return [
         (
             tenant_id,
+            grain,
             row.dim,
-            row.hour,
+            row.bucket,
             row.value,
             row.events,
             row.pageviews,
@@ -259,6 +293,8 @@ def _rollup_records(tenant_id: str, rows: Sequence[Any]) -> list[tuple[Any, ...]
             row.conversions,
             int(row.engagement_msec),
             row.revenue,
+            len(row.users or ()),
+            len(row.sessions or ()),
             sketch_of(row.users or ()),
             sketch_of(row.sessions or ()),
             sketch_of(row.engaged or ()),
@@ -276,36 +312,7 @@ async def _session_days(session: AsyncSession, tenant_id: str, days: Collection[
     return {row.day for row in result}
 
 
-async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collection[date]) -> None:
-    """Rebuild the tenant's hourly rollups for the given UTC days (and the days of any
-    session with events on them). Runs in the caller's transaction and only flushes."""
-    if not days:
-        return
-    conversions = list(await conversion_events(session, tenant_id))
-    all_days = set(days) | await _session_days(session, tenant_id, days)
-    written = 0
-    for lo_day, hi_day in _batches(all_days):
-        params = {
-            "tenant_id": tenant_id,
-            "lo": _day_start(lo_day),
-            "hi": _day_start(hi_day),
-            "conversions": conversions,
-        }
-        await session.execute(_DELETE, params)
-        rows = (await session.execute(_AGGREGATE, params)).all()
-        records = await asyncio.to_thread(_rollup_records, tenant_id, rows)
-        written += await copy_rows(session, "stats_rollups", ROLLUP_COLUMNS, records)
-    log.debug(
-        "rollups.refreshed",
-        tenant_id=tenant_id,
-        days=len(all_days),
-        requested_days=len(days),
-        rows=written,
-    )
-
-
-async def rebuild_rollups(session: AsyncSession, tenant_id: str) -> None:
-    """Rebuild every rollup of a tenant, e.g. after its conversion events changed."""
+async def _all_event_days(session: AsyncSession, tenant_id: str) -> set[date]:
     result = await session.execute(
         sql_text(
             "SELECT DISTINCT (occurred_at AT TIME ZONE 'UTC')::date AS day"
@@ -313,9 +320,102 @@ async def rebuild_rollups(session: AsyncSession, tenant_id: str) -> None:
         ),
         {"tenant_id": tenant_id},
     )
-    days = {row.day for row in result}
+    return {row.day for row in result}
+
+
+async def rollup_timezone(session: AsyncSession, tenant_id: str) -> str | None:
+    """The timezone the tenant's day rollups are in (None before the first build)."""
+    result = await session.execute(
+        sql_text("SELECT timezone FROM stats_rollup_state WHERE tenant_id = :tenant_id"),
+        {"tenant_id": tenant_id},
+    )
+    zone: str | None = result.scalar_one_or_none()
+    return zone
+
+
+async def _rebuild_grain(
+    session: AsyncSession,
+    tenant_id: str,
+    grain: int,
+    ranges: list[tuple[date, date]],
+    params: dict[str, Any],
+) -> int:
+    written = 0
+    for lo_day, hi_day in ranges:
+        if grain == GRAIN_HOUR:
+            bounds = {"lo": _day_start(lo_day), "hi": _day_start(hi_day)}
+        else:
+            bounds = dict(
+                (
+                    await session.execute(
+                        sql_text(
+                            "SELECT CAST(:a AS date)::timestamp AT TIME ZONE :tz AS lo,"
+                            " CAST(:b AS date)::timestamp AT TIME ZONE :tz AS hi"
+                        ),
+                        {"a": lo_day, "b": hi_day, "tz": params["tz"]},
+                    )
+                )
+                .one()
+                ._mapping
+            )
+        values = {**params, **bounds, "grain": grain}
+        await session.execute(_DELETE, values)
+        rows = (await session.execute(_AGGREGATE[grain], values)).all()
+        records = await asyncio.to_thread(_rollup_records, tenant_id, grain, rows)
+        written += await copy_rows(session, "stats_rollups", ROLLUP_COLUMNS, records)
+    return written
+
+
+async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collection[date]) -> None:
+    """Rebuild the tenant's rollups for the given UTC days (and the days of any session
+    with events on them). Runs in the caller's transaction and only flushes."""
+    if not days:
+        return
+    from app.modules.tenants import get_tenant_config
+
+    config = await get_tenant_config(session, tenant_id)
+    conversions = sorted(config.conversion_events)
+    built_in = await rollup_timezone(session, tenant_id)
+    utc_days = set(days) | await _session_days(session, tenant_id, days)
+    if built_in != config.timezone:
+        # First build, or the tenant moved timezone: every local day is rebuilt.
+        await session.execute(
+            sql_text("DELETE FROM stats_rollups WHERE tenant_id = :tenant_id AND grain = :g"),
+            {"tenant_id": tenant_id, "g": GRAIN_DAY},
+        )
+        utc_days |= await _all_event_days(session, tenant_id)
+    # A UTC day overlaps the local days before, on and after it (offsets are < 1 day).
+    local_days = {d + timedelta(days=k) for d in utc_days for k in (-1, 0, 1)}
+    params = {"tenant_id": tenant_id, "conversions": conversions, "tz": config.timezone}
+    written = await _rebuild_grain(session, tenant_id, GRAIN_HOUR, _batches(utc_days), params)
+    written += await _rebuild_grain(session, tenant_id, GRAIN_DAY, _batches(local_days), params)
+    await session.execute(
+        sql_text(
+            "INSERT INTO stats_rollup_state (tenant_id, timezone, built_at)"
+            " VALUES (:tenant_id, :tz, now())"
+            " ON CONFLICT (tenant_id) DO UPDATE SET timezone = EXCLUDED.timezone,"
+            " built_at = EXCLUDED.built_at"
+        ),
+        {"tenant_id": tenant_id, "tz": config.timezone},
+    )
+    log.debug(
+        "rollups.refreshed",
+        tenant_id=tenant_id,
+        utc_days=len(utc_days),
+        requested_days=len(days),
+        rows=written,
+    )
+
+
+async def rebuild_rollups(session: AsyncSession, tenant_id: str) -> None:
+    """Rebuild every rollup of a tenant, e.g. after its conversion events changed."""
+    days = await _all_event_days(session, tenant_id)
     await session.execute(
         sql_text("DELETE FROM stats_rollups WHERE tenant_id = :tenant_id"),
+        {"tenant_id": tenant_id},
+    )
+    await session.execute(
+        sql_text("DELETE FROM stats_rollup_state WHERE tenant_id = :tenant_id"),
         {"tenant_id": tenant_id},
     )
     await refresh_rollups(session, tenant_id, days)
