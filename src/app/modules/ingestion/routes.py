@@ -15,7 +15,8 @@ import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Response, ServerSentEvent
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,8 +28,8 @@ from app.modules.ingestion import schemas, service
 from app.modules.ingestion.state import IngestionState, ingestion_state
 
 TENANT = "/api/v1/tenants/{tenant_id:str}"
-Limit = Annotated[int, Parameter(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, description="Items to skip")]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
+Offset = Annotated[int, QueryParameter(ge=0, description="Items to skip")]
 
 
 def _wake(state: IngestionState | None) -> None:
@@ -36,7 +37,7 @@ def _wake(state: IngestionState | None) -> None:
         state.runner.wake()
 
 
-def _cancel_here(state: IngestionState | None, run_id: uuid.UUID) -> None:
+def _cancel_here(state: IngestionState | None, run_id: FromPath[uuid.UUID]) -> None:
     if state is not None and state.runner is not None:
         state.runner.request_cancel(run_id)
 
@@ -53,7 +54,11 @@ class SourceController(Controller):
         responses=error_responses(400, 401, 403, 404, 409),
     )
     async def create(
-        self, tenant_id: str, data: schemas.SourceCreate, db_session: AsyncSession, state: State
+        self,
+        tenant_id: FromPath[str],
+        data: JSONBody[schemas.SourceCreate],
+        db_session: NamedDependency[AsyncSession],
+        state: State,
     ) -> schemas.Source:
         box = ingestion_state(state).secret_box
         return await service.create_source(db_session, box, tenant_id, data)
@@ -64,7 +69,9 @@ class SourceController(Controller):
         summary="List the tenant's sources",
         responses=error_responses(401, 403, 404),
     )
-    async def list_(self, tenant_id: str, db_session: AsyncSession) -> schemas.SourceList:
+    async def list_(
+        self, tenant_id: FromPath[str], db_session: NamedDependency[AsyncSession]
+    ) -> schemas.SourceList:
         return await service.list_sources(db_session, tenant_id)
 
     @get(
@@ -74,7 +81,10 @@ class SourceController(Controller):
         responses=error_responses(401, 403, 404),
     )
     async def get_(
-        self, tenant_id: str, source_id: uuid.UUID, db_session: AsyncSession
+        self,
+        tenant_id: FromPath[str],
+        source_id: FromPath[uuid.UUID],
+        db_session: NamedDependency[AsyncSession],
     ) -> schemas.Source:
         return await service.get_source(db_session, tenant_id, source_id)
 
@@ -86,10 +96,10 @@ class SourceController(Controller):
     )
     async def update(
         self,
-        tenant_id: str,
-        source_id: uuid.UUID,
-        data: schemas.SourceUpdate,
-        db_session: AsyncSession,
+        tenant_id: FromPath[str],
+        source_id: FromPath[uuid.UUID],
+        data: JSONBody[schemas.SourceUpdate],
+        db_session: NamedDependency[AsyncSession],
         state: State,
     ) -> schemas.Source:
         box = ingestion_state(state).secret_box
@@ -102,7 +112,12 @@ class SourceController(Controller):
         responses=error_responses(401, 403, 404),
         status_code=HTTP_204_NO_CONTENT,
     )
-    async def delete_(self, tenant_id: str, source_id: uuid.UUID, db_session: AsyncSession) -> None:
+    async def delete_(
+        self,
+        tenant_id: FromPath[str],
+        source_id: FromPath[uuid.UUID],
+        db_session: NamedDependency[AsyncSession],
+    ) -> None:
         await service.delete_source(db_session, tenant_id, source_id)
 
     @post(
@@ -114,9 +129,9 @@ class SourceController(Controller):
     )
     async def test(
         self,
-        tenant_id: str,
-        source_id: uuid.UUID,
-        db_session: AsyncSession,
+        tenant_id: FromPath[str],
+        source_id: FromPath[uuid.UUID],
+        db_session: NamedDependency[AsyncSession],
         state: State,
     ) -> schemas.SourceTestResult:
         settings: Settings = state.settings
@@ -140,10 +155,10 @@ class SourceController(Controller):
     )
     async def create_run(
         self,
-        tenant_id: str,
-        source_id: uuid.UUID,
-        data: schemas.RunCreate,
-        db_session: AsyncSession,
+        tenant_id: FromPath[str],
+        source_id: FromPath[uuid.UUID],
+        data: JSONBody[schemas.RunCreate],
+        db_session: NamedDependency[AsyncSession],
         state: State,
     ) -> Response[schemas.Run]:
         settings: Settings = state.settings
@@ -171,10 +186,14 @@ class RunController(Controller):
     )
     async def list_(
         self,
-        tenant_id: str,
-        db_session: AsyncSession,
-        source_id: uuid.UUID | None = None,
-        status: schemas.RunStatus | None = None,
+        tenant_id: FromPath[str],
+        db_session: NamedDependency[AsyncSession],
+        source_id: Annotated[
+            uuid.UUID | None, QueryParameter(description="Only this source")
+        ] = None,
+        status: Annotated[
+            schemas.RunStatus | None, QueryParameter(description="Only this status")
+        ] = None,
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> schemas.RunPage:
@@ -189,7 +208,10 @@ class RunController(Controller):
         responses=error_responses(401, 403, 404),
     )
     async def get_(
-        self, tenant_id: str, run_id: uuid.UUID, db_session: AsyncSession
+        self,
+        tenant_id: FromPath[str],
+        run_id: FromPath[uuid.UUID],
+        db_session: NamedDependency[AsyncSession],
     ) -> schemas.Run:
         return await service.get_run(db_session, tenant_id, run_id)
 
@@ -201,7 +223,11 @@ class RunController(Controller):
         status_code=HTTP_202_ACCEPTED,
     )
     async def cancel(
-        self, tenant_id: str, run_id: uuid.UUID, db_session: AsyncSession, state: State
+        self,
+        tenant_id: FromPath[str],
+        run_id: FromPath[uuid.UUID],
+        db_session: NamedDependency[AsyncSession],
+        state: State,
     ) -> Response[schemas.Run]:
         run = await service.cancel_run(db_session, tenant_id, run_id)
         return Response(
@@ -218,9 +244,9 @@ class RunController(Controller):
     )
     async def quarantine(
         self,
-        tenant_id: str,
-        run_id: uuid.UUID,
-        db_session: AsyncSession,
+        tenant_id: FromPath[str],
+        run_id: FromPath[uuid.UUID],
+        db_session: NamedDependency[AsyncSession],
         limit: Limit = 100,
         offset: Offset = 0,
     ) -> schemas.QuarantinePage:
@@ -235,7 +261,11 @@ class RunController(Controller):
         responses=error_responses(401, 403, 404),
     )
     async def progress(
-        self, tenant_id: str, run_id: uuid.UUID, db: Database, db_session: AsyncSession
+        self,
+        tenant_id: FromPath[str],
+        run_id: FromPath[uuid.UUID],
+        db: NamedDependency[Database],
+        db_session: NamedDependency[AsyncSession],
     ) -> ServerSentEvent:
         await service.get_run(db_session, tenant_id, run_id)  # 404 before streaming
         await db_session.close()
@@ -246,7 +276,11 @@ FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 async def _progress_events(
-    db: Database, tenant_id: str, run_id: uuid.UUID, *, every_s: float = 1.0
+    db: NamedDependency[Database],
+    tenant_id: FromPath[str],
+    run_id: FromPath[uuid.UUID],
+    *,
+    every_s: float = 1.0,
 ) -> AsyncIterator[dict[str, Any]]:
     last: bytes | None = None
     while True:

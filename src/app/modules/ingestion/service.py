@@ -213,20 +213,21 @@ async def check_source(
 ) -> schemas.SourceTestResult:
     """Run the connector's connectivity check within ``timeout_s``; never raises for it."""
     source = await _get_source(session, tenant_id, source_id)
+    kind, raw_config, ciphertext = source.kind, source.config, source.secrets_ciphertext
     tz_name = await _tenant_timezone(session, tenant_id)
     # Do not hold a pooled connection while talking to the outside world.
     await session.rollback()
     started = time.perf_counter()
     checks: list[schemas.SourceTestCheck] = []
-    connector = _connector(source.kind)
+    connector = _connector(kind)
     try:
-        config = msgspec.convert(source.config, connector.config_type)
+        config = msgspec.convert(raw_config, connector.config_type)
         secrets = open_secrets(
             box,
             connector,
             tenant_id=tenant_id,
             source_id=source_id,
-            ciphertext=source.secrets_ciphertext,
+            ciphertext=ciphertext,
         )
         ctx = SourceContext(
             tenant_id=tenant_id,

@@ -41,6 +41,11 @@ def unregister_connector(kind: str) -> None:
     _REGISTRY.pop(kind, None)
 
 
+def load_builtin_connectors() -> None:
+    """Import the built-in connectors (their SDKs are slow to import: do it at start-up)."""
+    _load_builtins()
+
+
 def _load_builtins() -> None:
     global _loaded
     if not _loaded:
@@ -77,6 +82,7 @@ __all__ = [
     "TransientError",
     "connector_kinds",
     "get_connector",
+    "load_builtin_connectors",
     "register_connector",
     "unregister_connector",
 ]
