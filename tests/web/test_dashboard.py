@@ -31,10 +31,11 @@ PHONE = {"width": 390, "height": 844}
 
 @pytest.fixture
 async def acme(make_tenant: TenantMaker, load: EventLoader) -> str:
-    """Tenant acme with a known, seeded month of traffic ending now."""
+    """Tenant acme with known, seeded traffic over the last 55 days (so the last 30 days
+    have a previous period to compare with)."""
     await make_tenant("acme")
-    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=25)
-    events = random_events(random.Random(7), start=start, days=25, sessions=300, users=120)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=55)
+    events = random_events(random.Random(7), start=start, days=55, sessions=500, users=150)
     await load("acme", events)
     return "acme"
 
@@ -356,13 +357,34 @@ async def test_failed_run_shows_its_error_in_plain_words(
 
 
 async def test_viewer_sees_the_figures_but_no_admin_controls(
-    pulse_web: PulseWeb, acme: str, page_for: PageFor
+    pulse_web: PulseWeb, acme: str, make_tenant: TenantMaker, page_for: PageFor
 ) -> None:
+    await make_tenant("beta")
     page, problems = await page_for()
-    await sign_in(page, problems, pulse_web, "/", role="viewer", subject="victor")
+    await sign_in(
+        page, problems, pulse_web, "/", role="viewer", subject="victor", tenants="acme, beta"
+    )
     await wait_loaded(page)
     assert await page.is_hidden("#nav-imports")
     assert "victor (viewer)" in await page.inner_text("#who")
+
+    # Keyboard: a breakdown row is a button; Enter filters by it.
+    await page.focus("#breakdown-country tr[data-value=FR] button.row-filter")
+    await page.keyboard.press("Enter")
+    await wait_for_query(page, f="country:FR")
+    await wait_loaded(page)
+
+    # Several tenants: a switcher; the other tenant has no data yet (empty states).
+    await page.select_option("#tenant", "beta")
+    await wait_for_query(page, tenant="beta", f=None)
+    await wait_loaded(page)
+    assert (await card_values(page))["pageviews"] == 0
+    assert await page.locator("#breakdown-country .empty").inner_text() == (
+        "No data for this period."
+    )
+    await page.select_option("#tenant", "acme")
+    await wait_for_query(page, tenant="acme")
+    await wait_loaded(page)
     await page.goto(pulse_web.base_url + "/imports?tenant=acme")
     await page.wait_for_selector("main .notice", timeout=TIMEOUT_MS)
     assert "managed by the tenant's admins" in await page.inner_text("main")
