@@ -30,8 +30,8 @@ import structlog
 from google.api_core.retry import Retry
 from google.cloud import bigquery
 
-from app.modules.ingestion.connectors import register_connector
 from app.modules.ingestion.connectors import bigquery_client as bq
+from app.modules.ingestion.connectors import register_connector
 from app.modules.ingestion.connectors.base import (
     Batch,
     DateWindow,

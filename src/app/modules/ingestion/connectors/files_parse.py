@@ -1,0 +1,270 @@
+"""Parsing dropped files (CSV, JSON Lines, optionally gzipped) into canonical rows.
+
+Runs in a worker thread over a blocking binary stream (see ``files_stream``): gzip is
+decompressed incrementally (``gzip.GzipFile``), CSV goes through the ``csv`` module over
+a text stream, JSON Lines through msgspec, and rows come out in batches, so memory
+does not grow with the file. A row that cannot become an event is a reject with its
+line number and reason; the rest of the file carries on. A stream that cannot be read
+to its end (truncated gzip, corrupt data) raises :class:`UnreadableFile`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import IO, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from app.modules.events.schema import CANONICAL_FIELDS
+from app.modules.ingestion.connectors.base import Reject
+
+GZIP_MAGIC = b"\x1f\x8b"
+RAW_LIMIT = 2000
+_EPOCH_NUMBER = re.compile(r"^\d{9,16}(\.\d+)?$")
+_CANONICAL = frozenset(CANONICAL_FIELDS)
+
+
+class UnreadableFile(Exception):
+    """The file cannot be read to its end; nothing of it may be committed."""
+
+
+@dataclass(frozen=True)
+class ParseOptions:
+    format: Literal["csv", "jsonl"]
+    gzip: bool
+    delimiter: str = ","
+    header: bool = True
+    columns: Sequence[str] | None = None
+    mapping: Mapping[str, str] = field(default_factory=dict)
+    timestamp_format: str | None = None
+    timezone: str = "UTC"
+    batch_rows: int = 5000
+
+
+@dataclass
+class ParsedBatch:
+    rows: list[dict[str, Any]]
+    line_numbers: list[int]
+    rejects: list[Reject]
+
+
+class _RowError(ValueError):
+    pass
+
+
+def zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UnreadableFile(f"unknown timezone {name!r}") from None
+
+
+def parse_timestamp(value: Any, fmt: str | None, tz: tzinfo) -> datetime:
+    """A timestamp from text (ISO 8601, epoch seconds/ms/us, or ``fmt``); naive -> ``tz``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _from_epoch(float(value))
+    if not isinstance(value, str) or not value.strip():
+        raise _RowError("missing occurred_at")
+    text = value.strip()
+    try:
+        if fmt:
+            when = datetime.strptime(text, fmt)
+        elif _EPOCH_NUMBER.match(text):
+            return _from_epoch(float(text))
+        else:
+            when = datetime.fromisoformat(text)
+    except ValueError:
+        raise _RowError(f"bad timestamp {text[:64]!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz)
+    return when.astimezone(UTC)
+
+
+def _from_epoch(number: float) -> datetime:
+    # Seconds, milliseconds or microseconds, told apart by magnitude.
+    if number >= 1e14:
+        number /= 1_000_000
+    elif number >= 1e11:
+        number /= 1000
+    try:
+        return datetime.fromtimestamp(number, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise _RowError(f"bad timestamp {number!r}") from None
+
+
+class RowMapper:
+    """Source record -> canonical row: renames, typed timestamp, the rest to properties."""
+
+    def __init__(self, options: ParseOptions) -> None:
+        self.mapping = dict(options.mapping)
+        self.fmt = options.timestamp_format
+        self.tz = zone(options.timezone)
+
+    def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        properties: dict[str, Any] = {}
+        for key, value in record.items():
+            name = self.mapping.get(key, key)
+            if value == "":
+                value = None
+            if name == "properties":
+                properties.update(_properties(value))
+            elif name in _CANONICAL:
+                row[name] = value
+            elif value is not None:
+                properties[name] = value
+        if not row.get("event_name"):
+            raise _RowError("missing event_name")
+        row["occurred_at"] = parse_timestamp(row.get("occurred_at"), self.fmt, self.tz)
+        if properties:
+            row["properties"] = properties
+        return row
+
+
+def _properties(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        try:
+            decoded = msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            raise _RowError("properties is not a JSON object") from None
+        if isinstance(decoded, dict):
+            return decoded
+    raise _RowError("properties is not a JSON object")
+
+
+def open_stream(raw: IO[bytes], *, gzip_by_name: bool, detect: bool) -> tuple[IO[bytes], bool]:
+    """Wrap ``raw`` in a gzip decompressor when the name or the magic bytes say so."""
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    compressed = gzip_by_name or (detect and buffered.peek(2)[:2] == GZIP_MAGIC)
+    if compressed:
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), True  # type: ignore[return-value]
+    return buffered, False
+
+
+def _reading(fn: Callable[[], Iterator[ParsedBatch]]) -> Iterator[ParsedBatch]:
+    try:
+        yield from fn()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise UnreadableFile(f"corrupt or truncated gzip data: {exc}") from None
+    except csv.Error as exc:
+        raise UnreadableFile(f"unreadable CSV: {exc}") from None
+
+
+def parse(stream: IO[bytes], options: ParseOptions) -> Iterator[ParsedBatch]:
+    """Batches of rows from a binary stream (decompressed already if it was gzip)."""
+    mapper = RowMapper(options)
+    if options.format == "jsonl":
+        return _reading(lambda: _parse_jsonl(stream, mapper, options.batch_rows))
+    return _reading(lambda: _parse_csv(stream, mapper, options))
+
+
+def _raw(text: str) -> str:
+    return text[:RAW_LIMIT]
+
+
+class _Batcher:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.current = ParsedBatch([], [], [])
+
+    def row(self, row: dict[str, Any], line: int) -> ParsedBatch | None:
+        self.current.rows.append(row)
+        self.current.line_numbers.append(line)
+        return self._full()
+
+    def reject(self, reason: str, raw: str, line: int) -> ParsedBatch | None:
+        self.current.rejects.append(Reject(reason=reason, raw=_raw(raw), line_number=line))
+        return self._full()
+
+    def _full(self) -> ParsedBatch | None:
+        if len(self.current.rows) + len(self.current.rejects) >= self.size:
+            return self.flush()
+        return None
+
+    def flush(self) -> ParsedBatch | None:
+        batch = self.current
+        self.current = ParsedBatch([], [], [])
+        return batch if batch.rows or batch.rejects else None
+
+
+def _valid_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_csv(
+    stream: IO[bytes], mapper: RowMapper, options: ParseOptions
+) -> Iterator[ParsedBatch]:
+    # surrogateescape: invalid UTF-8 costs its row (detected below), not the file.
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    reader = csv.reader(text, delimiter=options.delimiter, strict=False)
+    batcher = _Batcher(options.batch_rows)
+    columns: list[str] | None = list(options.columns) if options.columns else None
+    end_line = 0
+    for record in reader:
+        start_line, end_line = end_line + 1, reader.line_num
+        if columns is None:
+            columns = [c.strip().lstrip("\ufeff") for c in record]
+            continue
+        if not record or record == [""]:
+            continue
+        raw = options.delimiter.join(record)
+        if not _valid_utf8(raw):
+            out = batcher.reject(
+                "invalid UTF-8", raw.encode("utf-8", "replace").decode(), start_line
+            )
+        elif len(record) != len(columns):
+            out = batcher.reject(
+                f"expected {len(columns)} columns, got {len(record)}", raw, start_line
+            )
+        else:
+            try:
+                out = batcher.row(mapper(dict(zip(columns, record, strict=True))), start_line)
+            except _RowError as exc:
+                out = batcher.reject(str(exc), raw, start_line)
+        if out is not None:
+            yield out
+    last = batcher.flush()
+    if last is not None:
+        yield last
+
+
+def _parse_jsonl(stream: IO[bytes], mapper: RowMapper, size: int) -> Iterator[ParsedBatch]:
+    batcher = _Batcher(size)
+    decoder = msgspec.json.Decoder()
+    for number, line in enumerate(stream, start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        raw = stripped.decode("utf-8", "replace")
+        try:
+            record = decoder.decode(stripped)
+            if not isinstance(record, dict):
+                raise _RowError("line is not a JSON object")
+            out = batcher.row(mapper(record), number)
+        except UnicodeDecodeError:
+            out = batcher.reject("invalid UTF-8", raw, number)
+        except msgspec.DecodeError as exc:
+            out = batcher.reject(f"invalid JSON: {exc}", raw, number)
+        except _RowError as exc:
+            out = batcher.reject(str(exc), raw, number)
+        if out is not None:
+            yield out
+    last = batcher.flush()
+    if last is not None:
+        yield last

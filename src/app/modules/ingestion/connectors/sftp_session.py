@@ -1,0 +1,174 @@
+"""Connecting to an SFTP server for the ``sftp`` connector: host key pinning, auth, errors.
+
+The server's host key is required: either a known_hosts line (or just
+``<type> <base64>``), or a ``SHA256:...`` fingerprint. There is no trust on first
+use; a server presenting another key is refused, and the error names the key it
+presented so an admin can compare it out of band.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from app.modules.ingestion.connectors.base import ConnectorError, TerminalError, TransientError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    username: str
+    host_key: str
+    connect_timeout_s: float
+    login_timeout_s: float
+    keepalive_s: float
+    password: str | None = None
+    private_key: str | None = None
+    passphrase: str | None = None
+
+
+@dataclass
+class HostKeyCheck:
+    """Collects what the server presented, for the error message."""
+
+    fingerprint: str | None = None
+    presented: str | None = None
+
+
+def _trusted_key(host_key: str) -> asyncssh.SSHKey | None:
+    """The key of a known_hosts line (host patterns and markers dropped) or None."""
+    parts = host_key.split()
+    for start in range(min(3, len(parts))):
+        candidate = " ".join(parts[start : start + 2])
+        try:
+            return asyncssh.import_public_key(candidate)
+        except (asyncssh.KeyImportError, ValueError):
+            continue
+    return None
+
+
+def _client_factory(fingerprint: str, check: HostKeyCheck) -> type[asyncssh.SSHClient]:
+    class PinnedClient(asyncssh.SSHClient):
+        def validate_host_public_key(
+            self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+        ) -> bool:
+            presented = key.get_fingerprint("sha256")
+            check.presented = presented
+            return presented == fingerprint
+
+    return PinnedClient
+
+
+def load_private_key(text: str, passphrase: str | None) -> asyncssh.SSHKey:
+    """Parse the key (slow for encrypted keys: call it off the loop)."""
+    try:
+        return asyncssh.import_private_key(text, passphrase)
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError) as exc:
+        raise TerminalError(f"the private key cannot be used: {exc}") from None
+
+
+def connect_options(
+    endpoint: Endpoint, key: asyncssh.SSHKey | None
+) -> tuple[dict[str, Any], HostKeyCheck]:
+    check = HostKeyCheck()
+    options: dict[str, Any] = {
+        "port": endpoint.port,
+        "username": endpoint.username,
+        # Nothing from the machine's ~/.ssh (config, keys, agent, known_hosts).
+        "config": [],
+        "agent_path": None,
+        "client_keys": [key] if key is not None else [],
+        "password": endpoint.password,
+        "preferred_auth": "publickey,password,keyboard-interactive",
+        "connect_timeout": endpoint.connect_timeout_s,
+        "login_timeout": endpoint.login_timeout_s,
+        "keepalive_interval": endpoint.keepalive_s,
+        "keepalive_count_max": 3,
+    }
+    pinned = endpoint.host_key.strip()
+    if pinned.startswith("SHA256:"):
+        check.fingerprint = pinned
+        options["known_hosts"] = ([], [], [])
+        options["client_factory"] = _client_factory(pinned, check)
+    else:
+        trusted = _trusted_key(pinned)
+        if trusted is None:
+            raise TerminalError(
+                "host_key must be a known_hosts line ('<host> ssh-ed25519 AAAA...') "
+                "or a SHA256 fingerprint ('SHA256:...')"
+            )
+        options["known_hosts"] = ([trusted], [], [])
+        options["server_host_key_algs"] = [trusted.get_algorithm()]
+        check.fingerprint = trusted.get_fingerprint("sha256")
+    return options, check
+
+
+def classify(exc: BaseException, endpoint: Endpoint, check: HostKeyCheck) -> ConnectorError:
+    where = f"{endpoint.username}@{endpoint.host}:{endpoint.port}"
+    if isinstance(exc, ConnectorError):
+        return exc
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        seen = f" (it presented {check.presented})" if check.presented else ""
+        return TerminalError(
+            f"the server's host key at {where} does not match the configured host key "
+            f"{check.fingerprint}{seen}; refusing to connect"
+        )
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return TerminalError(
+            f"authentication failed for {where}: check the username and password or key"
+        )
+    if isinstance(exc, asyncssh.SFTPNoSuchFile):
+        return TerminalError(f"not found on {where}: {exc.reason}")
+    if isinstance(exc, asyncssh.SFTPPermissionDenied):
+        return TerminalError(f"permission denied on {where}: {exc.reason}")
+    if isinstance(exc, asyncssh.DisconnectError | asyncssh.ConnectionLost | asyncssh.SFTPError):
+        return TransientError(f"SFTP connection to {where} failed: {exc}")
+    if isinstance(exc, TimeoutError):
+        return TransientError(f"SFTP server {where} did not answer in time")
+    if isinstance(exc, OSError):
+        return TransientError(f"cannot reach {where}: {exc}")
+    return TransientError(f"SFTP error with {where}: {type(exc).__name__}: {exc}")
+
+
+@asynccontextmanager
+async def open_sftp(endpoint: Endpoint) -> AsyncIterator[asyncssh.SFTPClient]:
+    """An SFTP session; connection and login errors come out classified."""
+    key = None
+    if endpoint.private_key:
+        key = await asyncio.to_thread(load_private_key, endpoint.private_key, endpoint.passphrase)
+    if key is None and not endpoint.password:
+        raise TerminalError("set secrets.password or secrets.private_key")
+    options, check = connect_options(endpoint, key)
+    try:
+        async with asyncio.timeout(endpoint.connect_timeout_s + endpoint.login_timeout_s + 5):
+            conn = await asyncssh.connect(endpoint.host, **options)
+            sftp = await conn.start_sftp_client()
+    except Exception as exc:
+        raise classify(exc, endpoint, check) from exc
+    try:
+        yield sftp
+    finally:
+        sftp.exit()
+        conn.close()
+        try:
+            async with asyncio.timeout(5):
+                await conn.wait_closed()
+        except (TimeoutError, OSError, asyncssh.Error):
+            pass
+
+
+def is_regular(attrs: asyncssh.SFTPAttrs) -> bool:
+    if attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
+        return True
+    return (
+        attrs.permissions is not None
+        and stat.S_ISREG(attrs.permissions)
+        and (attrs.type in (None, asyncssh.FILEXFER_TYPE_UNKNOWN))
+    )
