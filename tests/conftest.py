@@ -28,6 +28,8 @@ from tests.fixtures.postgres import (
 
 pytest_plugins = [
     "tests.fixtures.oidc",
+    "tests.fixtures.bigquery",
+    "tests.fixtures.sftp",
     "tests.fixtures.ingestion",
     "tests.fixtures.browser",
 ]
