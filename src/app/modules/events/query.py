@@ -354,24 +354,40 @@ async def _from_rollups(
     )
     top = spec.top if n == 1 and dim_name and spec.group_by == (dim_name,) else None
     if top is not None and top.rank in RANKABLE:
+        # Rank on the sums alone, then fetch sketches for the winners only.
         params["top_n"] = top.n
         direction = "DESC" if top.descending else "ASC"
-        sql = f"""
-            WITH ranked AS (
-                SELECT r.value AS g0, {sums},
-                    {RANKABLE[top.rank]} AS rank, count(*) OVER () AS total_groups
-                FROM stats_rollups r WHERE {where}
-                GROUP BY r.value
-                ORDER BY rank {direction}, r.value ASC
-                LIMIT :top_n
+        ranked = (
+            (
+                await session.execute(
+                    text(
+                        f"""
+                        SELECT r.value AS g0, {sums},
+                            {RANKABLE[top.rank]} AS rank, count(*) OVER () AS total_groups
+                        FROM stats_rollups r WHERE {where}
+                        GROUP BY r.value
+                        ORDER BY rank {direction}, r.value ASC
+                        LIMIT :top_n
+                        """
+                    ),
+                    params,
+                )
             )
-            SELECT k.g0, k.events, k.pageviews, k.new_users, k.conversions,
-                k.engagement_msec, k.revenue, k.total_groups {sketches}
-            FROM ranked k
-            JOIN stats_rollups r ON {where} AND r.value = k.g0
-            GROUP BY k.g0, k.events, k.pageviews, k.new_users, k.conversions,
-                k.engagement_msec, k.revenue, k.total_groups
-        """
+            .mappings()
+            .all()
+        )
+        sketch_rows: dict[str, Any] = {}
+        if ranked and sketches:
+            params["winners"] = [row["g0"] for row in ranked]
+            found = await session.execute(
+                text(
+                    f"SELECT r.value AS g0 {sketches} FROM stats_rollups r"
+                    f" WHERE {where} AND r.value = ANY(:winners) GROUP BY r.value"
+                ),
+                params,
+            )
+            sketch_rows = {row["g0"]: row for row in found.mappings().all()}
+        rows: Sequence[Any] = [{**row, **(sketch_rows.get(row["g0"]) or {})} for row in ranked]
     else:
         top = None
         select_groups = "".join(f"{g} AS g{i}, " for i, g in enumerate(groups))
@@ -381,7 +397,7 @@ async def _from_rollups(
             FROM stats_rollups r WHERE {where}
             {group_clause}
         """
-    rows = (await session.execute(text(sql), params)).mappings().all()
+        rows = (await session.execute(text(sql), params)).mappings().all()
     if not groups and rows and rows[0]["events"] == 0:
         return {}, None
     total_groups = (int(rows[0]["total_groups"]) if rows else 0) if top is not None else None

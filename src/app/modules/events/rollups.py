@@ -130,7 +130,8 @@ def exact(n: int) -> DistinctCount:
 
 
 def sketch_of(hashes: Iterable[int]) -> bytes | None:
-    """A compact serialized HLL sketch of 64-bit hashes (None when there are none)."""
+    """A compact serialized HLL sketch of 64-bit hashes (None when there are none).
+    Repeated hashes are fine: a sketch counts each distinct value once."""
     sketch = datasketches.hll_sketch(LG_K, _HLL_TYPE)
     empty = True
     for h in hashes:
@@ -184,6 +185,20 @@ _DELETE = sql_text(
 )
 
 
+_EVENT_COLUMNS = ", ".join(
+    f"e.{c}"
+    for c in (
+        "occurred_at",
+        "user_id",
+        "session_id",
+        "event_name",
+        "engagement_time_msec",
+        "revenue",
+        *ROLLUP_DIMENSIONS[1:],
+    )
+)
+
+
 def _aggregate_sql(grain: int) -> Any:
     if grain == GRAIN_HOUR:
         bucket = "date_trunc('hour', ev.occurred_at, 'UTC')"
@@ -193,8 +208,8 @@ def _aggregate_sql(grain: int) -> Any:
         dimensions = f"(VALUES (0, ''), {_DAY_DIMENSIONS})"
     return sql_text(
         f"""
-        WITH ev AS (
-            SELECT * FROM events e
+        WITH ev AS MATERIALIZED (
+            SELECT {_EVENT_COLUMNS} FROM events e
             WHERE e.tenant_id = :tenant_id AND e.occurred_at >= :lo AND e.occurred_at < :hi
         ),
         engaged AS (
@@ -210,7 +225,8 @@ def _aggregate_sql(grain: int) -> Any:
                 OR count(*) FILTER (WHERE s.event_name = 'page_view') >= 2
                 OR bool_or(s.event_name = ANY(:conversions))
         ),
-        x AS (
+        x AS MATERIALIZED (
+            -- Hashes and flags once per event, before the fan-out to 11 dimensions.
             SELECT ev.*,
                 {bucket} AS bucket,
                 CASE WHEN ev.user_id IS NOT NULL THEN hashtextextended(ev.user_id, 0) END AS uh,
@@ -228,11 +244,11 @@ def _aggregate_sql(grain: int) -> Any:
             count(*) FILTER (WHERE x.is_conversion) AS conversions,
             coalesce(sum(x.engagement_time_msec), 0) AS engagement_msec,
             coalesce(sum(x.revenue), 0) AS revenue,
-            array_agg(DISTINCT x.uh) FILTER (WHERE x.uh IS NOT NULL) AS users,
-            array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL) AS sessions,
-            array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_engaged)
+            array_agg(x.uh) FILTER (WHERE x.uh IS NOT NULL) AS users,
+            array_agg(x.sh) FILTER (WHERE x.sh IS NOT NULL) AS sessions,
+            array_agg(x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_engaged)
                 AS engaged,
-            array_agg(DISTINCT x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_conversion)
+            array_agg(x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_conversion)
                 AS converting
         FROM x
         CROSS JOIN LATERAL {dimensions} AS d(dim, value)
@@ -293,8 +309,8 @@ def _rollup_records(tenant_id: str, grain: int, rows: Sequence[Any]) -> list[tup
             row.conversions,
             int(row.engagement_msec),
             row.revenue,
-            len(row.users or ()),
-            len(row.sessions or ()),
+            len(set(row.users or ())),
+            len(set(row.sessions or ())),
             sketch_of(row.users or ()),
             sketch_of(row.sessions or ()),
             sketch_of(row.engaged or ()),
