@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.fixtures.oidc",
     "tests.fixtures.bigquery",
     "tests.fixtures.sftp",
+    "tests.fixtures.events",
     "tests.fixtures.ingestion",
     "tests.fixtures.browser",
 ]

@@ -10,7 +10,15 @@ from app.core.lifespan import LifespanHook
 
 # Order matters only for lifespan hooks: later modules start after earlier ones
 # and stop before them.
-INSTALLED: tuple[str, ...] = ("auth", "tenants", "events", "ingestion", "web")
+INSTALLED: tuple[str, ...] = (
+    "auth",
+    "tenants",
+    "events",
+    "notifications",
+    "ingestion",
+    "dashboard",
+    "web",
+)
 
 
 @dataclass(frozen=True)
