@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, get, post, put
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import error_responses
@@ -22,6 +23,7 @@ from app.modules.notifications.schemas import (
 )
 
 OutboxStatus = Literal["pending", "sending", "sent", "failed"]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
 
 
 async def _wake_sender(request: Request[Any, Any, Any]) -> None:
@@ -42,7 +44,9 @@ class NotificationsController(Controller):
         summary="Recipients, alert switches and the weekly digest schedule",
         responses=error_responses(401, 403, 404),
     )
-    async def get_settings(self, tenant_id: str, db_session: AsyncSession) -> NotificationSettings:
+    async def get_settings(
+        self, tenant_id: FromPath[str], db_session: NamedDependency[AsyncSession]
+    ) -> NotificationSettings:
         return await service.get_notification_settings(db_session, tenant_id)
 
     @put(
@@ -52,7 +56,10 @@ class NotificationsController(Controller):
         responses=error_responses(400, 401, 403, 404),
     )
     async def put_settings(
-        self, tenant_id: str, data: NotificationSettingsUpdate, db_session: AsyncSession
+        self,
+        tenant_id: FromPath[str],
+        data: JSONBody[NotificationSettingsUpdate],
+        db_session: NamedDependency[AsyncSession],
     ) -> NotificationSettings:
         return await service.update_notification_settings(db_session, tenant_id, data)
 
@@ -64,11 +71,15 @@ class NotificationsController(Controller):
     )
     async def list_outbox(
         self,
-        tenant_id: str,
-        db_session: AsyncSession,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        status: OutboxStatus | None = None,
-        cursor: str | None = None,
+        tenant_id: FromPath[str],
+        db_session: NamedDependency[AsyncSession],
+        limit: Limit = 50,
+        status: Annotated[
+            OutboxStatus | None, QueryParameter(description="Only emails in this status")
+        ] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(description="next_cursor of the previous page")
+        ] = None,
     ) -> OutboxPage:
         return await service.list_outbox(
             db_session, tenant_id, limit=limit, status=status, cursor=cursor
@@ -83,7 +94,10 @@ class NotificationsController(Controller):
         after_response=_wake_sender,
     )
     async def send_test(
-        self, tenant_id: str, db_session: AsyncSession, principal: Principal
+        self,
+        tenant_id: FromPath[str],
+        db_session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> TestEmailQueued:
         return await service.queue_test_email(db_session, tenant_id, requested_by=principal.subject)
 
@@ -92,9 +106,7 @@ def dev_mail_handler() -> HTTPRouteHandler:
     """A new handler for the development mailbox, registered by the lifespan only while the
     catcher runs (one per app, so several apps in one process do not share it)."""
 
-    def list_caught_mail(
-        state: State, limit: Annotated[int, Parameter(ge=1, le=200)] = 50
-    ) -> list[CaughtMessage]:
+    def list_caught_mail(state: State, limit: Limit = 50) -> list[CaughtMessage]:
         catcher: MailCatcher = state.mail_catcher
         return catcher.recent(limit)
 
