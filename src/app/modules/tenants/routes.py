@@ -37,7 +37,7 @@ class TenantController(Controller):
         opt={"role": "operator"},
         responses=error_responses(400, 401, 403, 503),
     )
-    async def list(
+    async def index(
         self,
         db_session: NamedDependency[AsyncSession],
         limit: Annotated[int, QueryParameter(ge=1, le=500, description="page size")] = 50,
@@ -54,7 +54,7 @@ class TenantController(Controller):
         opt={"role": "viewer"},
         responses=error_responses(401, 404, 503),
     )
-    async def get(
+    async def show(
         self, db_session: NamedDependency[AsyncSession], tenant_id: FromPath[str]
     ) -> Tenant:
         return await service.get_tenant(db_session, tenant_id)

@@ -12,11 +12,12 @@ import zoneinfo
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import Conflict, Invalid, NotFound
+from app.core.errors import Conflict, Invalid, NotFound, is_database_unavailable
 from app.modules.tenants import models
 from app.modules.tenants.schemas import (
     DEFAULT_CONVERSION_EVENTS,
@@ -31,24 +32,34 @@ from app.modules.tenants.schemas import (
 _SETTINGS_FIELDS = frozenset(f.name for f in msgspec.structs.fields(TenantSettings))
 _zone_names: frozenset[str] | None = None
 _NOT_ZONES = frozenset({"localtime", "Factory", "posixrules", "leapseconds", "leap-seconds"})
-_zone_lock = asyncio.Lock()
 
 
 async def known_timezones() -> frozenset[str]:
     """IANA zone names, read once from the tz database off the event loop."""
     global _zone_names
     if _zone_names is None:
-        async with _zone_lock:
-            if _zone_names is None:
-                names = await asyncio.to_thread(zoneinfo.available_timezones)
-                # System tz directories also hold files that are not zones one should pick.
-                _zone_names = frozenset(names - _NOT_ZONES)
+        # No lock: two first callers at once both read the list, harmlessly.
+        names = await asyncio.to_thread(zoneinfo.available_timezones)
+        # System tz directories also hold files that are not zones one should pick.
+        _zone_names = frozenset(names - _NOT_ZONES)
     return _zone_names
 
 
-async def validate_timezone(name: str) -> str:
+async def validate_timezone(name: str, session: AsyncSession | None = None) -> str:
+    """``name`` if it is an IANA zone Python knows (and, given a session, PostgreSQL too:
+    rollups convert with ``AT TIME ZONE``); otherwise Invalid."""
     if name not in await known_timezones():
         raise Invalid(f"{name!r} is not an IANA time zone (e.g. Europe/Berlin).", field="timezone")
+    if session is not None:
+        try:
+            async with session.begin_nested():
+                await session.execute(text("SELECT now() AT TIME ZONE :tz"), {"tz": name})
+        except DBAPIError as exc:
+            if is_database_unavailable(exc):
+                raise
+            raise Invalid(
+                f"{name!r} is not a time zone this database knows.", field="timezone"
+            ) from exc
     return name
 
 
@@ -82,7 +93,7 @@ def _to_schema(row: models.Tenant) -> Tenant:
 
 async def create_tenant(session: AsyncSession, data: TenantCreate) -> Tenant:
     """Insert a tenant. Conflict if the id is taken; Invalid for a bad timezone."""
-    await validate_timezone(data.timezone)
+    await validate_timezone(data.timezone, session)
     statement = (
         insert(models.Tenant)
         .values(
@@ -129,7 +140,7 @@ async def update_tenant(session: AsyncSession, tenant_id: str, data: TenantUpdat
     if data.name is not msgspec.UNSET:
         values["name"] = data.name
     if data.timezone is not msgspec.UNSET:
-        values["timezone"] = await validate_timezone(data.timezone)
+        values["timezone"] = await validate_timezone(data.timezone, session)
     if data.settings is not msgspec.UNSET:
         values["settings"] = msgspec.to_builtins(data.settings)
     if not values:
