@@ -156,6 +156,9 @@ async def test_overview_shows_the_api_figures_and_follows_range_filters_and_csv(
         (r["dimensions"]["country"], r["metrics"]["users"], r["metrics"]["pageviews"])
         for r in countries["rows"]
     ]
+    # The token is only in memory: nothing in web storage, no script-readable cookie.
+    assert await page.evaluate("() => [localStorage.length, sessionStorage.length]") == [0, 0]
+    assert await page.evaluate("() => document.cookie") == ""
     freshness = await page.inner_text("#freshness")
     assert freshness.startswith("Data up to"), freshness
     await save_artifact("overview-desktop.png", await page.screenshot(full_page=True))
@@ -295,6 +298,8 @@ async def test_admin_runs_an_import_and_watches_it_finish(
     assert created.status_code == 201, created.text
     source_id = created.json()["id"]
     page, problems = await page_for()
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/progress") else None)
     await sign_in(page, problems, pulse_web, "/")
     await wait_loaded(page)
     # In-app navigation keeps the in-memory token: no new sign-in.
@@ -318,6 +323,8 @@ async def test_admin_runs_an_import_and_watches_it_finish(
     await page.locator(f"#sources tr[data-source-id='{source_id}'] .status-succeeded").wait_for(
         timeout=TIMEOUT_MS
     )
+    # Progress came over the engine's server-sent event stream.
+    assert streams == [f"{pulse_web.base_url}/api/v1/tenants/acme/runs/{run['id']}/progress"]
     await save_artifact("imports-desktop.png", await page.screenshot(full_page=True))
     problems.check()
 

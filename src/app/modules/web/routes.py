@@ -97,8 +97,9 @@ class StaticController(Controller):
         headers = {
             **SECURITY_HEADERS,
             "ETag": found.etag,
-            # Asset URLs carry ?v=<version>, so a day of caching is safe; the ETag revalidates.
-            "Cache-Control": "public, max-age=86400",
+            # Revalidated on every use (a 304 thanks to the ETag): the modules import each
+            # other by plain URLs, so a cached old one must never meet a new page.
+            "Cache-Control": "no-cache",
         }
         if request.headers.get("if-none-match") == found.etag:
             return Response(b"", status_code=304, headers=headers)

@@ -1,6 +1,6 @@
 // Calls to Pulse's JSON API with the in-memory access token. A missing, expired or
 // refused token sends the browser through sign-in and back to the same view.
-import { SigningIn, currentView, forgetToken, signIn, token } from "./auth.js";
+import { SigningIn, currentView, forgetToken, justSignedIn, signIn, token } from "./auth.js";
 
 export { SigningIn };
 
@@ -42,6 +42,10 @@ export async function request(
     signal: signals.length ? AbortSignal.any(signals) : null,
   });
   if (response.status === 401) {
+    if (justSignedIn()) {
+      const detail = await problemDetail(response);
+      throw new ApiError(401, `Pulse does not accept the sign-in's token (${detail}). Check PULSE_OIDC_AUDIENCE and the tenant and role claims.`);
+    }
     forgetToken();
     await signIn(currentView());
     throw new SigningIn();

@@ -9,6 +9,8 @@ const CALLBACK_PATH = "/auth/callback";
 let config = null;
 let accessToken = null;
 let expiresAt = 0;
+let signedInAt = 0;
+let redirecting = false;
 
 export class SigningIn extends Error {
   constructor() {
@@ -55,11 +57,23 @@ export function currentView() {
   return location.pathname + location.search;
 }
 
-// Leaves the page for the issuer; resolves never (the caller should stop working).
+// Leaves the page for the issuer and throws SigningIn (the caller should stop working).
+// Single flight: panels that notice an expired token at the same moment start one
+// redirect, so the saved state and verifier always belong to the request that is sent.
 export async function signIn(returnTo = currentView(), prompt = null) {
-  const cfg = await loadConfig();
+  if (redirecting) throw new SigningIn();
+  redirecting = true;
+  let cfg;
+  let challenge;
   const verifier = randomString(48);
   const state = randomString(24);
+  try {
+    cfg = await loadConfig();
+    challenge = await challengeFor(verifier);
+  } catch (error) {
+    redirecting = false;
+    throw error;
+  }
   const safeReturn = returnTo.startsWith("/") && !returnTo.startsWith("//") ? returnTo : "/";
   sessionStorage.setItem(PENDING_KEY, JSON.stringify({ state, verifier, returnTo: safeReturn }));
   const params = new URLSearchParams({
@@ -68,7 +82,7 @@ export async function signIn(returnTo = currentView(), prompt = null) {
     redirect_uri: location.origin + CALLBACK_PATH,
     scope: cfg.scope,
     state,
-    code_challenge: await challengeFor(verifier),
+    code_challenge: challenge,
     code_challenge_method: "S256",
   });
   if (prompt) params.set("prompt", prompt);
@@ -113,12 +127,19 @@ export async function completeSignIn() {
   accessToken = answer.access_token;
   const lifetime = Number(answer.expires_in) || 300;
   expiresAt = Date.now() + lifetime * 1000;
+  signedInAt = Date.now();
   history.replaceState(null, "", pending.returnTo || "/");
 }
 
 export function token() {
   if (!accessToken || Date.now() >= expiresAt) return null;
   return accessToken;
+}
+
+// True right after a sign-in: a 401 then means Pulse refuses the issuer's tokens
+// (audience or claims), and another round trip would only loop.
+export function justSignedIn() {
+  return signedInAt > 0 && Date.now() - signedInAt < 15000;
 }
 
 export function forgetToken() {

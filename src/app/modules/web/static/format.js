@@ -24,8 +24,8 @@ export function duration(seconds) {
   const hours = Math.floor(total / 3600);
   const minutes = Math.floor((total % 3600) / 60);
   const rest = total % 60;
-  if (hours) return `${hours}h ${minutes}m`;
-  if (minutes) return `${minutes}m ${rest}s`;
+  if (hours) return minutes ? `${hours}h ${minutes}m` : `${hours}h`;
+  if (minutes) return rest ? `${minutes}m ${rest}s` : `${minutes}m`;
   return `${rest}s`;
 }
 
