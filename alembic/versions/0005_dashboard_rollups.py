@@ -45,6 +45,10 @@ def upgrade() -> None:
         )
         """
     )
+    # A top-N breakdown fetches the winners' sketches by value over the range.
+    op.execute(
+        "CREATE INDEX ix_stats_rollups_value ON stats_rollups (tenant_id, grain, dim, value, bucket)"
+    )
     op.execute(
         """
         CREATE TABLE stats_rollup_state (

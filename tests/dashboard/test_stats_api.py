@@ -220,6 +220,21 @@ async def test_order_limit_offset_and_breakdown_route(
         await client.get(f"{BASE}/breakdown", params={**params, "offset": "2"}, headers=viewer)
     ).json()
     assert [r["dimensions"]["page_path"] for r in page2["rows"]] == ["(not set)", "/checkout"]
+    # Top lists ranked in SQL (by users: candidates from per-day counts) give the
+    # head of the full, unranked list.
+    full = {
+        "metrics": ["users", "revenue"],
+        "dimensions": ["page_path"],
+        "date_range": ["2026-03-01", "2026-03-31"],
+        "limit": 10_000,
+    }
+    everything = (await client.post(QUERY, json=full, headers=viewer)).json()["rows"]
+    for metric in ("users", "revenue"):
+        ordered = {**full, "order_by": [[metric, "desc"]]}
+        head = (await client.post(QUERY, json={**ordered, "limit": 2}, headers=viewer)).json()
+        whole = (await client.post(QUERY, json=ordered, headers=viewer)).json()
+        assert head["rows"] == whole["rows"][:2]
+        assert head["meta"]["total_rows"] == len(everything) == 4
     body = {
         "metrics": ["events"],
         "dimensions": ["page_path"],
