@@ -236,6 +236,8 @@ class JwksCache:
         self._inflight: asyncio.Task[KeySet] | None = None
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._changed = asyncio.Event()
+        # Bumped on every successful fetch: results verified with older keys are re-checked.
+        self.generation = 0
 
     # --- state -------------------------------------------------------------
     @property
@@ -354,6 +356,7 @@ class JwksCache:
         else:
             ttl = min(max(ttl, self.min_ttl_s), self.max_ttl_s)
         self._keys = keys
+        self.generation += 1
         self._fetched_at = now
         self._expires_at = now + ttl
         self._failures = 0

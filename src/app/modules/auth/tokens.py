@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
 from typing import Any
 
 import jwt
@@ -15,6 +18,11 @@ from app.modules.auth.principal import Principal
 MAX_TOKEN_BYTES = 8 * 1024
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 PLAIN_JWT_TYPES = frozenset({"jwt", "application/jwt"})
+# A token already verified is remembered briefly (keyed by its SHA-256), so a dashboard
+# sending the same token many times pays the signature check once. Entries die at the
+# token's exp, after VERIFIED_TTL_S, or when the key set is refreshed.
+VERIFIED_TTL_S = 60.0
+VERIFIED_MAX_ENTRIES = 10_000
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -47,13 +55,34 @@ class TokenValidator:
         self.strict_typ = strict_typ
         self.keys = keys
         self.mapping = mapping
+        self._verified: OrderedDict[bytes, tuple[float, int, Principal]] = OrderedDict()
 
     async def validate(self, token: str) -> Principal:
+        check_size(token)
+        digest = hashlib.sha256(token.encode()).digest()
+        hit = self._verified.get(digest)
+        if hit is not None:
+            expires_at, generation, principal = hit
+            if expires_at > time.monotonic() and generation == self.keys.generation:
+                return principal
+            del self._verified[digest]
         claims = await self.verified_claims(token)
         try:
-            return self.mapping.principal(claims)
+            principal = self.mapping.principal(claims)
         except ClaimsError as exc:
             raise InvalidToken(str(exc), reason="claims") from exc
+        self._remember(digest, claims, principal)
+        return principal
+
+    def _remember(self, digest: bytes, claims: dict[str, Any], principal: Principal) -> None:
+        # exp is required and was just checked; keep the entry no longer than exp allows.
+        lifetime = min(VERIFIED_TTL_S, float(claims["exp"]) + self.leeway_s - time.time())
+        if lifetime <= 0:
+            return
+        self._verified[digest] = (time.monotonic() + lifetime, self.keys.generation, principal)
+        self._verified.move_to_end(digest)
+        while len(self._verified) > VERIFIED_MAX_ENTRIES:
+            self._verified.popitem(last=False)
 
     async def verified_claims(self, token: str) -> dict[str, Any]:
         check_size(token)
