@@ -469,3 +469,30 @@ async def test_pages_send_a_strict_content_security_policy(
     )
     assert again.status_code == 304
     assert (await pulse_web.api.get("/static/../routes.py")).status_code == 404
+
+
+async def test_api_errors_show_as_messages_with_retry(
+    pulse_web: PulseWeb, acme: str, page_for: PageFor
+) -> None:
+    page, problems = await page_for()
+    # A well-formed but impossible date: the API answers 400 for every panel.
+    await sign_in(page, problems, pulse_web, "/?range=2026-02-30,2026-02-31")
+    await page.wait_for_selector("#cards .error", timeout=TIMEOUT_MS)
+    await page.wait_for_function(
+        "() => !document.querySelector('[aria-busy=true]')", timeout=TIMEOUT_MS
+    )
+    for panel in ("#cards", "#chart", "#breakdown-country"):
+        message = await page.inner_text(f"{panel} .error")
+        assert message.startswith("Could not load:"), message
+        assert await page.locator(f"{panel} .error button").inner_text() == "Retry"
+    # The browser logs each refused request; nothing else may appear.
+    unexpected = [p for p in problems.items if "status of 400" not in p]
+    assert unexpected == []
+    assert problems.items, "the 400 answers were seen"
+    # Choosing a valid range recovers.
+    problems.items.clear()
+    await page.select_option("#range", "30d")
+    await wait_for_query(page, range="30d")
+    await wait_loaded(page)
+    assert await page.locator(".error").count() == 0
+    problems.check()
