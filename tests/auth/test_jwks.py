@@ -153,3 +153,13 @@ async def test_idp_calls_use_the_shared_client(serve: Serve, issuer: OidcIssuer)
         source = app.state.auth.keys.source
         assert source.http is app.state.http
         assert isinstance(source.http, httpx.AsyncClient)
+
+
+async def test_jwks_lifetime_follows_cache_control(serve: Serve, issuer: OidcIssuer) -> None:
+    issuer.cache_control = "public, max-age=120"
+    async with serve() as (app, _):
+        keys = app.state.auth.keys
+        assert await keys.wait_for_keys(5)
+        assert 100 < keys.expires_in <= 120
+        # The background task refreshes at 80% of the lifetime, before expiry.
+        assert 80 < keys.next_refresh_in() <= 96
