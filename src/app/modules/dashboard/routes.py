@@ -10,12 +10,13 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.errors import Invalid, TooManyRequests, error_responses
+from app.core.errors import Invalid, TooManyRequests, error_responses, problem
 from app.modules.dashboard.export import csv_chunks
 from app.modules.dashboard.parsing import METRICS
 from app.modules.dashboard.runtime import StatsRuntime, answer_query
@@ -57,17 +58,27 @@ TimezoneParam = Annotated[
 OffsetParam = Annotated[int, QueryParameter(ge=0)]
 
 
-def decode_query(body: bytes) -> StatsQuery:
-    """The JSON body as a StatsQuery; a 400 names the field that is wrong."""
-    try:
-        return msgspec.json.decode(body, type=StatsQuery)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _PATH_IN_ERROR.search(message) or _UNKNOWN_FIELD.search(message)
-        field = match.group(1) if match and match.group(1) else "body"
-        raise Invalid(message, field=field) from None
-    except msgspec.DecodeError:
-        raise Invalid("the body is not valid JSON", field="body") from None
+def _field_of(message: str, key: str | None) -> str:
+    match = _UNKNOWN_FIELD.search(message) or _PATH_IN_ERROR.search(message)
+    if match and match.group(1):
+        return match.group(1)
+    return key or "body"
+
+
+def bad_request(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Litestar's own 400s (body or parameter that does not decode) as problem+json
+    with a ``field`` member, like every other invalid stats query."""
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    first: dict[str, Any] = errors[0] if errors and isinstance(errors[0], dict) else {}
+    message = str(first.get("message") or exc.detail or "invalid request")
+    if isinstance(exc, ValidationException):
+        field = _field_of(message, first.get("key"))
+    else:  # the body did not decode at all (malformed JSON)
+        field = "body"
+    extra: dict[str, Any] = {"field": field}
+    if errors:
+        extra["errors"] = errors
+    return problem(request, 400, "Invalid request", message, extra=extra)
 
 
 def _range(value: str | None) -> str | list[str] | None:
@@ -138,6 +149,7 @@ class StatsController(Controller):
     path = "/api/v1/tenants/{tenant_id:str}/stats"
     tags = ["stats"]
     opt = {"role": "viewer"}
+    exception_handlers = {ValidationException: bad_request, 400: bad_request}
 
     @post(
         "/query",
@@ -151,10 +163,10 @@ class StatsController(Controller):
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
         tenant_id: FromPath[str],
+        data: StatsQuery,
         output_format: Format = None,
     ) -> Response[Any]:
-        query = decode_query(await request.body())
-        return await _respond(request, db_session, tenant_id, query, output_format)
+        return await _respond(request, db_session, tenant_id, data, output_format)
 
     @get(
         "/summary",
