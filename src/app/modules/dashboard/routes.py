@@ -71,10 +71,9 @@ def bad_request(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     errors = exc.extra if isinstance(exc.extra, list) else []
     first: dict[str, Any] = errors[0] if errors and isinstance(errors[0], dict) else {}
     message = str(first.get("message") or exc.detail or "invalid request")
-    if isinstance(exc, ValidationException):
-        field = _field_of(message, first.get("key"))
-    else:  # the body did not decode at all (malformed JSON)
-        field = "body"
+    # Anything but a validation error means the body did not decode (malformed JSON).
+    is_validation = isinstance(exc, ValidationException)
+    field = _field_of(message, first.get("key")) if is_validation else "body"
     extra: dict[str, Any] = {"field": field}
     if errors:
         extra["errors"] = errors
