@@ -163,3 +163,11 @@ async def test_jwks_lifetime_follows_cache_control(serve: Serve, issuer: OidcIss
         assert 100 < keys.expires_in <= 120
         # The background task refreshes at 80% of the lifetime, before expiry.
         assert 80 < keys.next_refresh_in() <= 96
+
+
+async def test_garbage_or_oversized_jwks_is_not_accepted(serve: Serve, issuer: OidcIssuer) -> None:
+    for body in (b"not json", b'{"keys": [], "pad": "' + b"x" * 2_000_000 + b'"}', b'{"keys": []}'):
+        issuer.raw_jwks = body
+        async with serve() as (_app, http):
+            response = await http.get(ME, headers=bearer(issuer.token()))
+            assert response.status_code == 503, body[:20]

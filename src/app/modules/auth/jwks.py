@@ -17,6 +17,7 @@ One :class:`JwksCache` per issuer per app (a process runs one app). It
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 import time
@@ -48,6 +49,8 @@ _KTY_FOR_ALG: dict[str, tuple[str, str | None]] = {
 }
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
 NEGATIVE_CACHE_MAX = 1024
+# Discovery documents and key sets are a few KiB; a broken IdP must not fill our memory.
+MAX_DOCUMENT_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -187,14 +190,21 @@ class HttpKeySource:
 
     async def _get_json(self, url: str) -> Any:
         # httpx's timeout bounds each phase; asyncio.timeout bounds the whole exchange.
-        async with asyncio.timeout(self.timeout_s * 2):
-            response = await self.http.get(
-                url, timeout=self.timeout, headers={"Accept": "application/json"}
-            )
-        if response.status_code != 200:
-            raise ValueError(f"GET {url} answered {response.status_code}")
-        self.cache_control = response.headers.get("cache-control")
-        return response.json()
+        body = bytearray()
+        async with (
+            asyncio.timeout(self.timeout_s * 2),
+            self.http.stream(
+                "GET", url, timeout=self.timeout, headers={"Accept": "application/json"}
+            ) as response,
+        ):
+            if response.status_code != 200:
+                raise ValueError(f"GET {url} answered {response.status_code}")
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_DOCUMENT_BYTES:
+                    raise ValueError(f"GET {url}: document larger than {MAX_DOCUMENT_BYTES} bytes")
+            self.cache_control = response.headers.get("cache-control")
+        return json.loads(body)
 
 
 Clock = Callable[[], float]
