@@ -22,8 +22,9 @@ log = structlog.get_logger("app.events")
 
 STAGING_TABLE = "events_staging"
 LOAD_COLUMNS: tuple[str, ...] = ("tenant_id", *CANONICAL_FIELDS, "source_id")
-# Below this many rows, building COPY records on the loop is cheaper than a thread hop.
-_THREAD_THRESHOLD = 2000
+# Records are built and COPYed in slices so the event loop is never held for long
+# (a thread would not help: this is GIL-bound work).
+_SLICE = 1000
 
 _CREATE_STAGING = text(
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} "
@@ -85,6 +86,10 @@ def _records(
 
 
 async def _take_tenant_load_lock(session: AsyncSession, tenant_id: str) -> None:
+    # Loads of one tenant take turns until commit: the rollup refresh rebuilds whole days
+    # from the events table, and two transactions doing so at once would each miss the
+    # other's rows (and race on the rollup keys). Taking the lock before the merge means
+    # this transaction's later statements see the previous load's committed rows.
     # Polled rather than waited for in one statement: a wait behind several loads can
     # outlast the statement timeout, and polling keeps every statement short.
     delay = 0.01
@@ -109,17 +114,12 @@ async def load_events(
     """
     if not events:
         return LoadResult(0, 0)
-    if len(events) > _THREAD_THRESHOLD:
-        records = await asyncio.to_thread(_records, tenant_id, events, source_id)
-    else:
-        records = _records(tenant_id, events, source_id)
-    # Loads of one tenant take turns until commit: the rollup refresh rebuilds whole days
-    # from the events table, and two transactions doing so at once would each miss the
-    # other's rows (and race on the rollup keys). Waiting here, before the merge, means
-    # this transaction's later statements see the previous load's committed rows.
-    await _take_tenant_load_lock(session, tenant_id)
     await session.execute(_CREATE_STAGING)
-    await copy_rows(session, STAGING_TABLE, LOAD_COLUMNS, records)
+    for start in range(0, len(events), _SLICE):
+        records = _records(tenant_id, events[start : start + _SLICE], source_id)
+        await copy_rows(session, STAGING_TABLE, LOAD_COLUMNS, records)
+    # The staging table is private to this connection; only the merge takes turns.
+    await _take_tenant_load_lock(session, tenant_id)
     row = (await session.execute(_MERGE)).one()
     await session.execute(text(f"TRUNCATE {STAGING_TABLE}"))
     inserted = int(row.inserted)

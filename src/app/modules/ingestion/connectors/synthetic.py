@@ -194,6 +194,9 @@ def iter_events(
                 yield row
 
 
+_SLICE = 200
+
+
 def _take(rows: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return list(itertools.islice(rows, n))
 
@@ -228,8 +231,15 @@ class SyntheticConnector:
             )
             line = 1
             while True:
-                # Generating is CPU work: do it off the event loop.
-                batch = await asyncio.to_thread(_take, rows, size)
+                # Generating is CPU (and GIL) work: build the batch in short slices on the
+                # loop, yielding between them, rather than in a thread.
+                batch: list[dict[str, Any]] = []
+                while len(batch) < size:
+                    part = _take(rows, min(_SLICE, size - len(batch)))
+                    batch.extend(part)
+                    await asyncio.sleep(0)
+                    if not part:
+                        break
                 if not batch:
                     break
                 if config.batch_delay_ms:
