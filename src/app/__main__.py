@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from types import FrameType
 
 import msgspec
 
@@ -18,33 +17,12 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
-    class _GracefulServer(uvicorn.Server):
-        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which kills the
-        process before atexit handlers flush the log queue. A handled signal is a clean
-        exit for Pulse: forget it once recorded."""
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            super().handle_exit(sig, frame)
-            self._captured_signals.clear()
-
+    from app.core.serving import build_server
     from app.main import create_app
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        # In-flight requests get this long after SIGTERM; background work has its own grace.
-        timeout_graceful_shutdown=3,
+    server = build_server(
+        create_app(settings), args.host or settings.host, args.port or settings.port
     )
-    server = _GracefulServer(config)
     server.run()
     return 0 if server.started else 1
 
@@ -80,7 +58,7 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
         settings = msgspec.structs.replace(
             settings, host=args.host or settings.host, port=args.port or settings.port
         )
-    return uvloop.run(run_dev(settings))
+    return uvloop.run(run_dev(settings, scale=args.demo_scale))
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
@@ -102,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="development: Pulse with embedded services and demo data")
     dev.add_argument("--host")
     dev.add_argument("--port", type=int)
+    dev.add_argument(
+        "--demo-scale", type=float, default=1.0, help="multiply the demo data volume (e.g. 0.2)"
+    )
     token = sub.add_parser("token", help="development: mint an access token (prints only it)")
     token.add_argument("--tenant", action="append", help="tenant id (repeat for several)")
     token.add_argument("--role", choices=["viewer", "admin", "operator"], default="admin")

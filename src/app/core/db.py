@@ -125,7 +125,7 @@ async def raw_connection(conn: AsyncConnection | AsyncSession) -> Any:
     """
     connection = await conn.connection() if isinstance(conn, AsyncSession) else conn
     fairy = await connection.get_raw_connection()
-    driver = fairy.driver_connection
+    driver: Any = fairy.driver_connection
     if not driver.is_in_transaction():
         await connection.execute(text("SELECT 1"))
     return driver

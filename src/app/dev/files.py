@@ -64,16 +64,18 @@ def days_back(today: date, count: int) -> Iterator[date]:
 
 
 def write_drop_files(root: Path, *, seed: int, sessions_per_day: int, days: int) -> list[Path]:
-    """Blocking: write one file per day under ``root`` (rotating csv, csv.gz, jsonl).
+    """Blocking: write one file per day, rotating ``csv/*.csv``, ``csv/*.csv.gz`` and
+    ``jsonl/*.jsonl`` under ``root`` (a CSV source and a JSONL source read them).
 
     Only days that have fully passed are written, so a file never changes afterwards.
     """
-    root.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     today = datetime.now(UTC).date()
     for index, day in enumerate(days_back(today - timedelta(days=1), days)):
         kind = ("csv", "csv.gz", "jsonl")[index % 3]
-        path = root / f"events_{day:%Y%m%d}.{kind}"
+        folder = root / ("jsonl" if kind == "jsonl" else "csv")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"events_{day:%Y%m%d}.{kind}"
         if path.exists():
             continue
         rows = list(iter_day_events(seed, day, sessions_per_day))

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import structlog
-import uvicorn
 
+from app.core.serving import build_server
 from app.core.settings import Settings
 from app.dev import bigquery as dev_bigquery
 from app.dev.bigquery import DevBigQuery, DevBigQueryProcess
@@ -37,28 +37,33 @@ DEMO_SFTP_PASSWORD = "demo-sftp-password"  # noqa: S105 - loopback-only developm
 class World:
     """What the launcher started; handed to the bootstrap and torn down at the end."""
 
+    scale: float = 1.0
     sftp: DevSftp | None = None
     bigquery: DevBigQuery | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def sftp_source(sftp: DevSftp) -> dict[str, Any]:
+def sftp_source(sftp: DevSftp, file_format: str) -> dict[str, Any]:
     return {
         "kind": "sftp",
-        "name": "Web events (SFTP drop)",
+        "name": f"Web events (SFTP {file_format.upper()} drop)",
         "config": {
             "host": sftp.host,
             "port": sftp.port,
             "username": sftp.username,
             "host_key": sftp.host_key_fingerprint,
-            "directory": "/",
-            "pattern": "events_*",
-            "format": "auto",
+            "remote_dir": f"/drop/{file_format}",
+            "pattern": f"events_*.{file_format}*",
+            "format": file_format,
             "settle_s": 0,
         },
         "secrets": {"password": sftp.password},
         "schedule": {"interval_s": 300},
     }
+
+
+def _scaled(sessions_per_day: int, scale: float) -> int:
+    return max(1, round(sessions_per_day * scale))
 
 
 def synthetic_source(name: str, seed: int, sessions_per_day: int) -> dict[str, Any]:
@@ -71,11 +76,13 @@ def synthetic_source(name: str, seed: int, sessions_per_day: int) -> dict[str, A
 
 
 @contextlib.asynccontextmanager
-async def start_world(settings: Settings) -> AsyncIterator[World]:
-    world = World()
+async def start_world(settings: Settings, scale: float) -> AsyncIterator[World]:
+    world = World(scale=scale)
     dev_dir = settings.data_path / "dev"
     drop = dev_dir / "sftp" / "drop"
-    written = await asyncio.to_thread(write_drop_files, drop, seed=7, sessions_per_day=150, days=30)
+    written = await asyncio.to_thread(
+        write_drop_files, drop, seed=7, sessions_per_day=_scaled(150, scale), days=30
+    )
     log.info("dev.files_ready", directory=str(drop), new_files=len(written))
     sftp_thread = DevSftpThread(
         dev_dir / "sftp", dev_dir / "ssh_host_ed25519_key", DEMO_SFTP_USER, DEMO_SFTP_PASSWORD
@@ -87,7 +94,7 @@ async def start_world(settings: Settings) -> AsyncIterator[World]:
         if dev_bigquery.available():
             try:
                 world.bigquery = await asyncio.to_thread(
-                    emulator.start, seed=5, sessions_per_day=80, days=14
+                    emulator.start, seed=5, sessions_per_day=_scaled(80, scale), days=14
                 )
                 log.info("dev.bigquery_started", endpoint=world.bigquery.endpoint)
             except (RuntimeError, OSError) as exc:
@@ -130,13 +137,13 @@ async def bootstrap(api: httpx.AsyncClient, world: World) -> None:
     """Create (or reuse) the demo tenants and sources through Pulse's own API."""
     await _ensure_tenant(api, {"id": "demo", "name": "Demo Shop", "timezone": "Europe/Berlin"})
     await _ensure_tenant(api, {"id": "acme", "name": "Acme Inc", "timezone": "America/New_York"})
-    demo_sources = [synthetic_source("App events (synthetic)", seed=3, sessions_per_day=120)]
+    demo_sources = [synthetic_source("App events (synthetic)", 3, _scaled(120, world.scale))]
     if world.sftp is not None:
-        demo_sources.insert(0, sftp_source(world.sftp))
+        demo_sources[:0] = [sftp_source(world.sftp, "csv"), sftp_source(world.sftp, "jsonl")]
     if world.bigquery is not None:
         demo_sources.insert(1, dev_bigquery.bigquery_source(world.bigquery))
     plan = [("demo", s) for s in demo_sources] + [
-        ("acme", synthetic_source("Acme web (synthetic)", seed=11, sessions_per_day=60))
+        ("acme", synthetic_source("Acme web (synthetic)", 11, _scaled(60, world.scale)))
     ]
     for tenant_id, source in plan:
         try:
@@ -185,26 +192,16 @@ def banner(base: str, admin_token: str, viewer_token: str, world: World) -> str:
     return "\n".join(lines)
 
 
-async def run_dev(settings: Settings) -> int:
+async def run_dev(settings: Settings, scale: float = 1.0) -> int:
     """Start the world, then Pulse, bootstrap the demo and serve until Ctrl-C."""
     from app.core.logging import configure_logging
     from app.modules.auth.dev_issuer import DevIssuer
 
     configure_logging(settings)
-    async with start_world(settings) as world:
+    async with start_world(settings, scale) as world:
         app = create_app(settings)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="none",
-            http="httptools",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=3,
-        )
-        server = uvicorn.Server(config)
+        # The launcher's own loop (uvloop) is already running: uvicorn must not make one.
+        server = build_server(app, settings.host, settings.port, loop="none")
         serving = asyncio.create_task(server.serve(), name="uvicorn")
         while not server.started:
             if serving.done():
