@@ -37,13 +37,13 @@ test: install ## run the test suite (starts its own embedded PostgreSQL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check src tests alembic bench
-	$(VENV)/bin/ruff format --check src tests alembic bench
+	$(VENV)/bin/ruff check src tests alembic bench scripts
+	$(VENV)/bin/ruff format --check src tests alembic bench scripts
 	$(VENV)/bin/mypy
 
 fmt: install ## format and autofix
-	$(VENV)/bin/ruff format src tests alembic bench
-	$(VENV)/bin/ruff check --fix src tests alembic bench
+	$(VENV)/bin/ruff format src tests alembic bench scripts
+	$(VENV)/bin/ruff check --fix src tests alembic bench scripts
 
 migrate: install ## upgrade the database to the newest migration
 	$(PY) -m app migrate

@@ -38,6 +38,16 @@ def test_every_setting_is_in_the_readme_with_its_default() -> None:
     assert documented == actual
 
 
+def test_readme_api_table_lists_every_route() -> None:
+    import sys
+
+    sys.path.insert(0, str(README.parent / "scripts"))
+    import readme_tables
+
+    documented = readme_tables.section(README.read_text(encoding="utf-8"), "api-table")
+    assert documented == readme_tables.api_table(), "run scripts/readme_tables.py"
+
+
 def test_readme_opens_with_the_two_commands() -> None:
     head = README.read_text(encoding="utf-8")[:400]
     assert "make run" in head
