@@ -1,0 +1,60 @@
+"""Secrets at rest: authenticated encryption, key rotation, development key file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app.core.crypto import DecryptionFailed, SecretBox, SecretKeyMissing, load_secret_box
+from tests.conftest import make_settings
+
+
+def test_round_trip_is_bound_to_its_associated_data() -> None:
+    box = SecretBox(["k1"])
+    token = box.encrypt(b'{"password":"hunter2"}', associated_data="acme:1")
+    assert b"hunter2" not in token.encode()
+    assert box.decrypt(token, associated_data="acme:1") == b'{"password":"hunter2"}'
+    with pytest.raises(DecryptionFailed):
+        box.decrypt(token, associated_data="other:1")
+
+
+def test_tampered_ciphertext_does_not_decrypt() -> None:
+    box = SecretBox(["k1"])
+    token = box.encrypt(b"secret", associated_data="a")
+    flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    with pytest.raises(DecryptionFailed):
+        box.decrypt(flipped, associated_data="a")
+
+
+def test_rotation_old_keys_decrypt_and_reencrypt_moves_to_the_new_key() -> None:
+    old = SecretBox(["old-key"])
+    token = old.encrypt(b"secret", associated_data="a")
+    rotated = SecretBox.from_setting("new-key,old-key")
+    assert rotated.decrypt(token, associated_data="a") == b"secret"
+    assert rotated.needs_reencryption(token)
+    fresh = rotated.reencrypt(token, associated_data="a")
+    assert not rotated.needs_reencryption(fresh)
+    with pytest.raises(DecryptionFailed):
+        SecretBox(["new-key"]).decrypt(token, associated_data="a")
+    assert SecretBox(["new-key"]).decrypt(fresh, associated_data="a") == b"secret"
+
+
+async def test_development_key_is_generated_once_under_the_data_dir(tmp_path: Path) -> None:
+    settings = make_settings(
+        "postgresql://x/y", env="development", secret_key=None, data_dir=str(tmp_path / "data")
+    )
+    first = await asyncio.to_thread(load_secret_box, settings)
+    key_file = tmp_path / "data" / "secret.key"
+    assert await asyncio.to_thread(key_file.is_file)
+    assert oct((await asyncio.to_thread(key_file.stat)).st_mode & 0o777) == "0o600"
+    second = await asyncio.to_thread(load_secret_box, settings)
+    token = first.encrypt(b"x", associated_data="a")
+    assert second.decrypt(token, associated_data="a") == b"x"
+
+
+def test_production_refuses_to_run_without_a_key() -> None:
+    settings = make_settings("postgresql://x/y", env="production", secret_key=None)
+    with pytest.raises(SecretKeyMissing):
+        load_secret_box(settings)
