@@ -52,7 +52,7 @@ _CLAIM = text(
     SET status = 'running', lease_owner = :owner,
         lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
         heartbeat_at = clock_timestamp(), attempt = r.attempt + 1, stage = 'starting',
-        started_at = coalesce(r.started_at, now()), cancel_requested_at = NULL,
+        started_at = coalesce(r.started_at, now()),
         updated_at = now()
     WHERE r.id = (
         SELECT q.id FROM ingestion_runs q
