@@ -27,7 +27,7 @@ HEADER = "event_id,event_name,occurred_at,user_id,session_id,page_path,revenue,c
 
 def csv_rows(n: int, *, start: int = 0, day: str = "2026-01-05") -> str:
     return "".join(
-        f"e{i},page_view,{day}T10:00:{i % 60:02d}Z,u{i % 7},s{i % 11},/p/{i % 5},,\n"
+        f"e{i},page_view,{day}T10:00:{i % 60:02d}Z,u{i // 10},s{i // 5},/p/{i % 5},,\n"
         for i in range(start, start + n)
     )
 
@@ -128,7 +128,8 @@ async def test_connection_test_reports_files(sftp_server: SftpServer) -> None:
     assert [c.name for c in result.checks] == ["connection", "files"]
     bad = source_context(CONNECTOR, sftp_server.config(), {"password": "nope"})
     result = await CONNECTOR.test(bad)
-    assert not result.ok and "authentication failed" in result.checks[0].detail
+    assert not result.ok
+    assert "authentication failed" in result.checks[0].detail
 
 
 async def test_gzip_by_extension_and_by_magic_bytes_and_jsonl(sftp_server: SftpServer) -> None:
@@ -224,7 +225,8 @@ async def test_truncated_gzip_fails_only_that_file(sftp_server: SftpServer) -> N
     broken = [b for b in batches if b.item == "/incoming/a-broken.csv.gz"]
     # Nothing of it is loaded: one quarantine entry, committed alone, no ledger entry.
     assert len(broken) == 1
-    assert broken[0].rows == [] and broken[0].commit
+    assert broken[0].rows == []
+    assert broken[0].commit
     assert "truncated gzip" in broken[0].rejects[0].reason
     assert list(ledger(batches)) == ["/incoming/b-good.csv"]
     assert len(all_rows(batches)) == 3
@@ -300,9 +302,13 @@ async def test_dropped_connection_mid_file_is_transient_and_commits_nothing(
     sftp_server.faults.drop_after_bytes = 1_500_000  # of ~2.7 MB
     batches: list[Batch] = []
     small_reads = {"batch_rows": 1000, "block_size": 16_384, "max_requests": 4}
-    with pytest.raises(TransientError):
+
+    async def read_all() -> None:
         async for batch in CONNECTOR.extract(ctx_for(sftp_server, **small_reads)):
             batches.append(batch)
+
+    with pytest.raises(TransientError):
+        await read_all()
     assert batches, "the drop happened mid-file"
     assert all(not b.commit for b in batches)  # the engine rolls these back
     # The next attempt reads the whole file.

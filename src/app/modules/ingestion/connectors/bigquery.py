@@ -151,7 +151,7 @@ class BigQueryConnector:
         finally:
             if client is not None:
                 with contextlib.suppress(Exception):
-                    client.close()
+                    client.close()  # type: ignore[no-untyped-call]
         days = sorted(tables.daily | tables.intraday)
         if not days:
             checks.append(TestCheck("tables", False, "no events_YYYYMMDD tables in the dataset"))
@@ -294,7 +294,7 @@ class BigQueryConnector:
             await asyncio.gather(*readers, return_exceptions=True)
             await self._cancel_unfinished(ctx, run, starts)
             with contextlib.suppress(Exception):
-                client.close()
+                client.close()  # type: ignore[no-untyped-call]
 
     async def _read_job(
         self,

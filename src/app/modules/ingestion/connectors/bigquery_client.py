@@ -60,7 +60,7 @@ def make_client(
     credentials: Credentials
     if service_account_info is not None:
         try:
-            credentials = service_account.Credentials.from_service_account_info(
+            credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
                 dict(service_account_info), scopes=_SCOPES
             )
         except (ValueError, KeyError) as exc:
@@ -185,7 +185,7 @@ def next_page(pages: Iterator[Any]) -> list[dict[str, Any]] | None:
 
 
 def cancel_job(job: bigquery.QueryJob) -> None:
-    if not job.done(retry=None, timeout=5, reload=False):
+    if not job.done(timeout=5, reload=False):
         job.cancel(retry=None, timeout=5)
 
 

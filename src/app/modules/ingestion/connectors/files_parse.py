@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -144,12 +144,12 @@ def _properties(value: Any) -> dict[str, Any]:
     raise _RowError("properties is not a JSON object")
 
 
-def open_stream(raw: IO[bytes], *, gzip_by_name: bool, detect: bool) -> tuple[IO[bytes], bool]:
+def open_stream(raw: io.RawIOBase, *, gzip_by_name: bool, detect: bool) -> tuple[IO[bytes], bool]:
     """Wrap ``raw`` in a gzip decompressor when the name or the magic bytes say so."""
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    buffered = io.BufferedReader(raw)
     compressed = gzip_by_name or (detect and buffered.peek(2)[:2] == GZIP_MAGIC)
     if compressed:
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), True  # type: ignore[return-value]
+        return cast(IO[bytes], gzip.GzipFile(fileobj=buffered, mode="rb")), True
     return buffered, False
 
 

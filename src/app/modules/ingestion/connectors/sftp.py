@@ -24,7 +24,7 @@ import posixpath
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 import asyncssh
 import msgspec
@@ -291,19 +291,19 @@ class SftpConnector:
         if gzip_by_name or known:
             # First pass: the digest, and whether the file reads to its end.
             try:
-                finished = await self._verify(ctx, sftp, remote, gzip_by_name)
+                checked = await self._verify(ctx, sftp, remote, gzip_by_name)
             except UnreadableFile as exc:
                 yield self._unreadable(ctx, remote, str(exc))
                 return
-            if known and finished.sha256 in known:
+            if known and checked.sha256 in known:
                 log.info("sftp.unchanged", run_id=str(ctx.run_id), path=remote.path)
                 return
-            digest = finished.sha256
-            gzip_by_name = finished.compressed
+            digest = checked.sha256
+            gzip_by_name = checked.compressed
         options = self._options(ctx)
         bridge = StreamBridge(asyncio.get_running_loop())
         bridge.start(options, gzip_by_name=gzip_by_name, name=f"sftp-parse-{remote.name[:40]}")
-        finished = None
+        finished: Finished | None = None
         try:
             async for item in self._pump(ctx, sftp, remote, bridge):
                 if isinstance(item, Finished):
@@ -346,7 +346,7 @@ class SftpConnector:
             handle = await sftp.open(remote.path, "rb")
         try:
             async with asyncio.timeout(config.idle_timeout_s):
-                head = await handle.read(2)
+                head = cast(bytes, await handle.read(2))
         finally:
             await _close_quietly(handle, min(5.0, config.idle_timeout_s))
         return bool(head == GZIP_MAGIC)
@@ -406,7 +406,7 @@ class SftpConnector:
             try:
                 while True:
                     async with asyncio.timeout(config.idle_timeout_s):
-                        chunk = await handle.read(chunk_size)
+                        chunk = cast(bytes, await handle.read(chunk_size))
                     if not chunk:
                         break
                     sent += len(chunk)
