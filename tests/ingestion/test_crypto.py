@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from app.core.crypto import DecryptionFailed, SecretBox, SecretKeyMissing, load_secret_box
+from app.modules.ingestion import service
+from app.modules.ingestion.secrets import associated_data
 from tests.conftest import make_settings
+from tests.fixtures.ingestion import IngestKit
 
 
 def test_round_trip_is_bound_to_its_associated_data() -> None:
@@ -62,3 +65,19 @@ def test_production_refuses_to_run_without_a_key() -> None:
     settings = make_settings("postgresql://x/y", env="production", secret_key=None)
     with pytest.raises(SecretKeyMissing):
         load_secret_box(settings)
+
+
+async def test_reencrypting_sources_lets_the_old_key_go(ingest: IngestKit) -> None:
+    await ingest.tenant()
+    source = await ingest.source(secrets={"token": "t0ps3cret"})
+    rotated = SecretBox.from_setting(f"brand-new-key,{ingest.settings.secret_key}")
+    async with ingest.db.session() as session:
+        assert await service.reencrypt_secrets(session, rotated) == 1
+        await session.commit()
+        assert await service.reencrypt_secrets(session, rotated) == 0
+    token = await ingest.scalar(
+        "SELECT secrets_ciphertext FROM ingestion_sources WHERE id = :id", id=source.id
+    )
+    only_new = SecretBox(["brand-new-key"])
+    plain = only_new.decrypt(token, associated_data=associated_data("acme", source.id))
+    assert b"t0ps3cret" in plain

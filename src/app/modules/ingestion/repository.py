@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.modules.ingestion.connectors.base import LedgerEntry, Progress
+from app.modules.tenants import get_tenant_config
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,8 @@ async def source_for_run(session: AsyncSession, source_id: uuid.UUID) -> SourceF
         await session.execute(
             text(
                 """
-                SELECT s.id, s.tenant_id, s.kind, s.name, s.config, s.secrets_ciphertext,
-                       s."cursor", t.timezone
-                FROM ingestion_sources s JOIN tenants t ON t.id = s.tenant_id
-                WHERE s.id = :id
+                SELECT id, tenant_id, kind, name, config, secrets_ciphertext, "cursor"
+                FROM ingestion_sources WHERE id = :id
                 """
             ),
             {"id": source_id},
@@ -112,7 +111,7 @@ async def source_for_run(session: AsyncSession, source_id: uuid.UUID) -> SourceF
         config=row.config,
         secrets_ciphertext=row.secrets_ciphertext,
         cursor=row.cursor,
-        timezone=row.timezone,
+        timezone=(await get_tenant_config(session, row.tenant_id)).timezone,
     )
 
 

@@ -29,6 +29,7 @@ from app.core.db import Database
 from app.core.settings import Settings
 from app.modules.ingestion.connectors import get_connector
 from app.modules.ingestion.timezones import zone
+from app.modules.tenants import get_tenant_config
 
 log = structlog.get_logger("app.ingestion.scheduler")
 
@@ -80,14 +81,20 @@ async def _due_sources(session: AsyncSession) -> list[ScheduledSource]:
     rows = await session.execute(
         text(
             """
-            SELECT s.id, s.tenant_id, s.kind, s.config, s.schedule_cron, s.schedule_interval_s,
-                   s.last_scheduled_at, s.created_at, t.timezone
-            FROM ingestion_sources s JOIN tenants t ON t.id = s.tenant_id
-            WHERE s.enabled AND (s.schedule_cron IS NOT NULL OR s.schedule_interval_s IS NOT NULL)
+            SELECT id, tenant_id, kind, config, schedule_cron, schedule_interval_s,
+                   last_scheduled_at, created_at
+            FROM ingestion_sources
+            WHERE enabled AND (schedule_cron IS NOT NULL OR schedule_interval_s IS NOT NULL)
             """
         )
     )
-    return [ScheduledSource(**r._asdict()) for r in rows]
+    timezones: dict[str, str] = {}
+    sources: list[ScheduledSource] = []
+    for r in rows.all():
+        if r.tenant_id not in timezones:
+            timezones[r.tenant_id] = (await get_tenant_config(session, r.tenant_id)).timezone
+        sources.append(ScheduledSource(**r._asdict(), timezone=timezones[r.tenant_id]))
+    return sources
 
 
 async def schedule_slot(

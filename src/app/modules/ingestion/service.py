@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 import structlog
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,8 +26,9 @@ from app.modules.ingestion.connectors import connector_kinds, get_connector
 from app.modules.ingestion.connectors.base import Connector, SourceContext
 from app.modules.ingestion.models import QuarantinedRow, Run, Source
 from app.modules.ingestion.scheduler import validate_cron
-from app.modules.ingestion.secrets import open_secrets, seal, secret_fields
+from app.modules.ingestion.secrets import associated_data, open_secrets, seal, secret_fields
 from app.modules.ingestion.timezones import zone
+from app.modules.tenants import get_tenant_config
 
 log = structlog.get_logger("app.ingestion")
 
@@ -201,6 +202,24 @@ async def delete_source(session: AsyncSession, tenant_id: str, source_id: uuid.U
     log.info("source.deleted", tenant_id=tenant_id, source_id=str(source_id))
 
 
+async def reencrypt_secrets(session: AsyncSession, box: SecretBox) -> int:
+    """Re-encrypt every source's secrets under the primary key (the rotation step that lets
+    an old key be removed from ``PULSE_SECRET_KEY``). Returns how many were rewritten."""
+    rows = await session.execute(
+        select(Source).where(Source.secrets_ciphertext.is_not(None)).with_for_update()
+    )
+    changed = 0
+    for source in rows.scalars():
+        token = source.secrets_ciphertext
+        if token is not None and box.needs_reencryption(token):
+            source.secrets_ciphertext = box.reencrypt(
+                token, associated_data=associated_data(source.tenant_id, source.id)
+            )
+            changed += 1
+    await session.flush()
+    return changed
+
+
 async def check_source(
     session: AsyncSession,
     box: SecretBox,
@@ -269,12 +288,7 @@ async def check_source(
 
 
 async def _tenant_timezone(session: AsyncSession, tenant_id: str) -> str:
-    name = (
-        await session.execute(
-            text("SELECT timezone FROM tenants WHERE id = :id"), {"id": tenant_id}
-        )
-    ).scalar_one_or_none()
-    return str(name or "UTC")
+    return (await get_tenant_config(session, tenant_id)).timezone
 
 
 # --- runs ----------------------------------------------------------------------
