@@ -1,0 +1,133 @@
+"""``python -m bench --profile quick|full``: every benchmark of issue 8 in one run.
+
+Starts its own PostgreSQL (cached data set), a loopback OIDC issuer and the processes
+under test, runs each phase, writes the raw results to ``bench/results/<profile>.json``
+and the report to ``docs/benchmarks.md``. A phase that fails is recorded as an error in
+both (and the exit code is 1); the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from bench import dashboard, environment, report
+from bench.database import DATA_ROOT, MAIN_TENANT, ROOT, SMALL_TENANT, Dataset, prepare
+from bench.issuer import Issuer
+from bench.load import write_json
+from bench.profiles import PROFILES, Profile
+from bench.servers import peer, pulse
+
+PHASES = ("dashboard", "ceiling", "peer", "ingestion", "bigquery", "isolation", "auth")
+started_at = time.monotonic()
+
+
+def log(message: str) -> None:
+    elapsed = time.monotonic() - started_at
+    print(f"[{elapsed:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _phase(results: dict[str, Any], name: str, run: Callable[[], Any]) -> None:
+    log(f"phase {name}")
+    begun = time.monotonic()
+    try:
+        results[name] = run()
+    except Exception as exc:
+        log(f"phase {name} FAILED: {exc!r}")
+        results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+    results.setdefault("phase_seconds", {})[name] = round(time.monotonic() - begun, 1)
+
+
+def run_dashboard_phase(dataset: Dataset, issuer: Issuer, profile: Profile) -> dict[str, Any]:
+    token = issuer.token([MAIN_TENANT, SMALL_TENANT], role="viewer")
+    out: dict[str, Any] = {}
+    with pulse(dataset, issuer, name="pulse-cache-off", PULSE_STATS_CACHE_TTL_S="0.000001") as s:
+        out["cache_off"] = dashboard.run_pulse(s, token, dataset, profile, log)
+        out["cache_off"]["rss_bytes"] = s.memory()
+    with pulse(dataset, issuer, name="pulse-cache-on") as s:
+        out["cache_on"] = dashboard.run_pulse(s, token, dataset, profile, log)
+        out["cache_on"]["rss_bytes"] = s.memory()
+    return out
+
+
+def run_peer_phase(dataset: Dataset, profile: Profile) -> dict[str, Any]:
+    with peer(dataset) as server:
+        return {"summary": dashboard.run_peer(server, dataset, profile, log)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--only", help="comma-separated phases: " + ",".join(PHASES))
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached data set")
+    parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
+    parser.add_argument(
+        "--build-only", action="store_true", help="build (or check) the cached data set and stop"
+    )
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    phases = args.only.split(",") if args.only else list(PHASES)
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+
+    from app.core.logging import configure_logging
+    from app.core.settings import Settings
+
+    configure_logging(Settings(env="test", log_level="WARNING"))
+    log(f"profile {profile.name}; phases {', '.join(phases)}; data under {DATA_ROOT}")
+    dataset = prepare(profile, log, rebuild=args.rebuild)
+    if args.build_only:
+        log(f"data set ready: {dataset.meta}")
+        dataset.server.cleanup()
+        return 0
+    results: dict[str, Any] = {
+        "profile": profile.describe(),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "environment": environment.describe(dataset),
+        "dataset": {k: v for k, v in dataset.meta.items() if k != "version"},
+        "phases": phases,
+    }
+    issuer = Issuer(introspection_delay_s=0.3)
+    try:
+        from bench import auth, bigquery, ingestion, isolation
+
+        runners: dict[str, Callable[[], Any]] = {
+            "dashboard": lambda: run_dashboard_phase(dataset, issuer, profile),
+            "ceiling": lambda: asyncio.run(dashboard.run_ceiling(dataset, profile, log)),
+            "peer": lambda: run_peer_phase(dataset, profile),
+            "ingestion": lambda: ingestion.run(dataset, issuer, profile, log),
+            "bigquery": lambda: bigquery.run(profile, log),
+            "isolation": lambda: isolation.run(dataset, issuer, profile, log),
+            "auth": lambda: auth.run(dataset, issuer, profile, log),
+        }
+        for name in phases:
+            _phase(results, name, runners[name])
+    finally:
+        issuer.close()
+        dataset.server.cleanup()
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["total_seconds"] = round(time.monotonic() - started_at, 1)
+    out = ROOT / "bench" / "results" / f"{profile.name}.json"
+    write_json(out, results)
+    log(f"raw results: {out.relative_to(ROOT)}")
+    if not args.no_docs:
+        path = report.write(results)
+        log(f"report: {path.relative_to(ROOT)}")
+    failed = [
+        name for name in phases if isinstance(results.get(name), dict) and "error" in results[name]
+    ]
+    if failed:
+        log(f"failed phases: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

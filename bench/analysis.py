@@ -1,0 +1,158 @@
+"""Suspected causes of missed targets, derived from the figures of the same run.
+
+These are hypotheses the figures support (and say which figure), not proofs; each one
+names what to measure next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+UNCACHED = {"summary": 50.0, "timeseries": 50.0, "breakdown": 100.0}
+
+
+def _error(section: Any) -> bool:
+    return not isinstance(section, dict) or "error" in section
+
+
+def _dashboard_notes(r: dict[str, Any]) -> list[str]:
+    notes: list[str] = []
+    dash, ceiling = r.get("dashboard"), r.get("ceiling")
+    if _error(dash):
+        return notes
+    load = r["environment"]["load_average_at_start"][0]
+    cores = r["environment"]["cpu_count"]
+    for endpoint, target in UNCACHED.items():
+        by = dash["cache_off"][endpoint]["by_clients"]
+        top = max(by, key=int)
+        p99 = by[top]["p99"]
+        if p99 <= target:
+            continue
+        parts = [
+            f"- **{endpoint}, uncached, {top} clients: p99 {p99:,.0f} ms (target {target:g})**."
+        ]
+        if not _error(ceiling) and endpoint in ceiling:
+            c = ceiling[endpoint]
+            parts.append(
+                f"The bare-asyncpg ceiling for the same statements had p99 {c['p99']:,.0f} ms"
+                f" at {c['rps']:,.0f} req/s"
+            )
+            if c["p99"] > target:
+                parts.append(
+                    "- so PostgreSQL alone, on this machine, already misses the target: the "
+                    "queries (or the machine) are the bound, not the HTTP layer."
+                )
+            else:
+                parts.append(
+                    "- so the database can meet it and the gap is in Pulse's process (Python "
+                    "work per request: sketch merging, result shaping, auth, one event loop)."
+                )
+        parts.append(
+            f"Latency at {top} closed-loop clients is mostly queueing: p99 ~ clients / "
+            f"throughput ({int(top)} / {by[top]['rps']:,.0f} req/s = "
+            f"{int(top) / max(by[top]['rps'], 1e-9) * 1000:,.0f} ms), so the target at 100 "
+            "clients needs ~2,000 req/s of uncached work."
+        )
+        if load > cores:
+            parts.append(
+                f"The machine's load average was {load} on {cores} cores when the run began "
+                "(other work shared the CPUs with wrk, Pulse and PostgreSQL)."
+            )
+        notes.append(" ".join(parts))
+    for endpoint in UNCACHED:
+        by = dash["cache_on"][endpoint]["by_clients"]
+        top = max(by, key=int)
+        fig = by[top]
+        if fig["p99"] <= 10:
+            continue
+        auth = r.get("auth")
+        none_p99 = None
+        if not _error(auth) and top in auth and "none" in auth[top]:
+            none_p99 = auth[top]["none"]["p99"]
+        text = (
+            f"- **{endpoint}, cached, {top} clients: p99 {fig['p99']:,.0f} ms (target 10)** at "
+            f"{fig['rps']:,.0f} req/s. A cached answer still costs a request's fixed work: JWT "
+            "validation, a database session with three small queries (tenant calendar, data "
+            "version, tenant settings) before the cache lookup, JSON encoding. With "
+            f"{top} connections on one event loop the p99 is again queueing "
+            f"({int(top)} / {fig['rps']:,.0f} req/s = "
+            f"{int(top) / max(fig['rps'], 1e-9) * 1000:,.0f} ms)."
+        )
+        if none_p99 is not None:
+            text += (
+                f" Even `GET /health/live` (no auth, no database) had p99 {none_p99:,.0f} ms at "
+                f"{top} connections in this run, which bounds what any route could reach here."
+            )
+        notes.append(text)
+    return notes
+
+
+def _ingestion_notes(r: dict[str, Any]) -> list[str]:
+    g = r.get("ingestion")
+    if _error(g) or not g.get("engine_runs"):
+        return []
+    notes = []
+    for engine, base in zip(g["engine_runs"], g["baseline_runs"], strict=False):
+        if engine["status"] != "succeeded":
+            notes.append(
+                f"- **Import status `{engine['status']}`** (attempt {engine.get('attempt')}); "
+                f"errors logged by Pulse: {', '.join(engine.get('logged_errors') or []) or 'none'}."
+                " A `TimeoutError` there is the database statement timeout (15 s) hit inside "
+                "the load's rollup refresh."
+            )
+        if engine["rows_per_s"] and engine["rows_per_s"] < 0.5 * base["rows_per_s"]:
+            notes.append(
+                f"- **Ingestion {engine['rows_per_s']:,.0f} rows/s vs COPY "
+                f"{base['rows_per_s']:,.0f} rows/s (target at least half)**. The baseline only "
+                "copies and merges; the engine also decompresses and parses CSV and validates "
+                "every row in Python (one core at most, GIL), and refreshes the hourly rollups "
+                "(with HLL sketches) of every day a batch touches, inside the same transaction."
+            )
+        if engine["rss_peak_bytes"] >= 300 * 1000 * 1000:
+            notes.append(
+                f"- **Peak RSS {engine['rss_peak_bytes'] / 2**20:,.0f} MiB (target < 300 MB)**"
+                f" for {engine['rows_loaded']:,} rows; the idle process had "
+                f"{(engine['rss_idle_bytes'] or 0) / 2**20:,.0f} MiB. Batches of 50k parsed "
+                "rows, their canonical copies and COPY records are alive at the same time."
+            )
+    return notes
+
+
+def _isolation_notes(r: dict[str, Any]) -> list[str]:
+    i = r.get("isolation")
+    if _error(i):
+        return []
+    notes = []
+    lag = i["busy"]["loop_lag"]
+    ratio = i.get("p99_ratio")
+    if ratio and ratio > 2:
+        notes.append(
+            f"- **Dashboard p99 {ratio:.1f}x idle while importing (target <= 2x)**: the "
+            "imports compete for the same two cores (Python parsing/validation in threads "
+            "holding the GIL, PostgreSQL merging and rolling up)."
+        )
+    biggest = lag.get("max_logged_ms") or lag.get("max_le_ms")
+    if (lag.get("p99_le_ms") or 0) > 10 or (biggest or 0) > 100:
+        notes.append(
+            f"- **Event-loop lag during imports: p99 <= {lag.get('p99_le_ms')} ms, max "
+            f"{biggest} ms (targets 10 / 100 ms)**. Work that holds the loop (or the GIL for "
+            "long stretches from a worker thread) while imports run; the watchdog's "
+            "`loop.blocked` log lines in `bench/.data/logs/pulse-isolation.log` carry the "
+            "stacks that were on the loop."
+        )
+    errors = [e for e in i.get("run_errors") or [] if e != "None"]
+    if errors:
+        notes.append(
+            f"- Import errors during the isolation phase: {', '.join(errors)} (final statuses: "
+            f"{', '.join(i.get('statuses_final') or [])})."
+        )
+    return notes
+
+
+def notes_for(results: dict[str, Any]) -> list[str]:
+    notes = _dashboard_notes(results) + _ingestion_notes(results) + _isolation_notes(results)
+    for name in ("dashboard", "ceiling", "peer", "ingestion", "bigquery", "isolation", "auth"):
+        section = results.get(name)
+        if isinstance(section, dict) and "error" in section:
+            notes.append(f"- **Phase `{name}` failed**: `{section['error']}`.")
+    return notes
