@@ -215,6 +215,8 @@ async def test_csv_without_header_with_mapping_format_and_timezone(
     ]
     assert rows[0]["occurred_at"] == datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
     assert rows[1]["occurred_at"] == datetime(2026, 1, 5, 22, 59, tzinfo=UTC)
+    with pytest.raises(TerminalError, match="give the column names"):
+        await collect(CONNECTOR, ctx_for(sftp_server, csv_header=False))
 
 
 async def test_truncated_gzip_fails_only_that_file(sftp_server: SftpServer) -> None:

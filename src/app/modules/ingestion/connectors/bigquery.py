@@ -193,6 +193,7 @@ class BigQueryConnector:
             async for batch in self._read_window(ctx, client, run, retry, window, tables, intraday):
                 yield batch
         else:
+            client.close()  # type: ignore[no-untyped-call]
             log.info(
                 "bigquery.window_empty",
                 tenant_id=ctx.tenant_id,

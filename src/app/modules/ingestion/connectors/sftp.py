@@ -260,6 +260,8 @@ class SftpConnector:
 
     def _options(self, ctx: ExtractContext) -> ParseOptions:
         config: SftpConfig = ctx.config
+        if config.format == "csv" and not config.csv_header and not config.columns:
+            raise TerminalError("csv_header is false: give the column names in 'columns'")
         return ParseOptions(
             format=config.format,
             gzip=config.compression == "gzip",
