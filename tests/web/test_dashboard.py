@@ -326,6 +326,8 @@ async def test_admin_runs_an_import_and_watches_it_finish(
     # Progress came over the engine's server-sent event stream.
     assert streams == [f"{pulse_web.base_url}/api/v1/tenants/acme/runs/{run['id']}/progress"]
     await save_artifact("imports-desktop.png", await page.screenshot(full_page=True))
+    await page.set_viewport_size(PHONE)
+    await save_artifact("imports-phone.png", await page.screenshot(full_page=True))
     problems.check()
 
 
