@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 import traceback
@@ -70,12 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--build-only", action="store_true", help="build (or check) the cached data set and stop"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite docs/benchmarks.md from bench/results/<profile>.json without measuring",
+    )
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     phases = args.only.split(",") if args.only else list(PHASES)
     unknown = set(phases) - set(PHASES)
     if unknown:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+
+    if args.report_only:
+        results = json.loads((ROOT / "bench" / "results" / f"{profile.name}.json").read_text())
+        log(f"report: {report.write(results).relative_to(ROOT)}")
+        return 0
 
     from app.core.logging import configure_logging
     from app.core.settings import Settings

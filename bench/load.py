@@ -169,6 +169,10 @@ def wrk(
     data = json.loads(line.removeprefix("BENCH_JSON "))
     errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
     duration_s = data["duration_us"] / 1e6
+    if data["requests"] == 0:
+        # Nothing answered within the run: every latency was at least the run's length.
+        floor = duration_s * 1000
+        return Sample(rps=0.0, p50=floor, p95=floor, p99=floor, max=floor, requests=0, errors=0)
     return Sample(
         rps=(data["requests"] - data["status"]) / duration_s,
         p50=data["p50"] / 1000,
