@@ -11,6 +11,7 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 from litestar import Litestar
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.db import Base
@@ -100,8 +101,17 @@ async def clean_tables(database_url: str) -> AsyncIterator[None]:
         return
     engine = create_async_engine(database_url)
     try:
-        async with engine.begin() as conn:
-            await conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+        # A background task of the finished test's app (a sender, a runner) may still be
+        # committing its last transaction: TRUNCATE's locks can then deadlock with it once.
+        for attempt in range(5):
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
+                    await conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+                break
+            except DBAPIError as exc:
+                if attempt == 4 or getattr(exc.orig, "sqlstate", None) not in {"40P01", "55P03"}:
+                    raise
     finally:
         await engine.dispose()
 
