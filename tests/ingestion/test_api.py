@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -187,7 +187,9 @@ async def test_cancel_through_the_api_stops_the_run(
     assert done.status == "cancelled"
 
 
-async def test_window_validation(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+async def test_window_validation(
+    client: httpx.AsyncClient, admin: dict[str, str], ingest: IngestKit
+) -> None:
     source = (await client.post(f"{BASE}/sources", json=synthetic(), headers=admin)).json()
     url = f"{BASE}/sources/{source['id']}/runs"
     backwards = await client.post(
@@ -202,7 +204,11 @@ async def test_window_validation(client: httpx.AsyncClient, admin: dict[str, str
     assert too_long.status_code == 400
     default = await client.post(url, json={}, headers=admin)
     assert default.status_code == 202
-    assert default.json()["window_end"] == date.today().isoformat() or default.json()["window_end"]
+    # The source's default window: the last day, in the tenant's timezone (UTC here).
+    assert default.json()["window_start"] == default.json()["window_end"]
+    assert date.fromisoformat(default.json()["window_end"]) >= date.today() - timedelta(days=1)
+    # Leave nothing loading behind the test.
+    await ingest.wait_final(default.json()["id"])
 
 
 async def test_source_test_endpoint_reports_structured_checks(
