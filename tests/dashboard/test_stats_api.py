@@ -557,3 +557,48 @@ async def test_run_query_is_the_public_engine(
     assert result.totals == {"users": 3, "conversions": 1}
     assert result.comparison is not None
     assert result.comparison.totals == {"users": 0, "conversions": 0}
+
+
+async def test_timezone_and_conversion_changes_are_followed(
+    make_tenant: TenantMaker, load: EventLoader, db_sessions: Sessions
+) -> None:
+    from app.modules.events.rollups import rebuild_rollups
+    from app.modules.tenants import TenantSettings, TenantUpdate, update_tenant
+
+    await make_tenant("acme", timezone="UTC", conversions=["purchase"])
+    # 23:30 UTC on the 10th is the 11th in Berlin.
+    await load(
+        "acme",
+        [
+            make_event("2026-03-10T23:30:00Z", "signup", user_id="u", session_id="s"),
+            make_event("2026-03-10T12:00:00Z", "purchase", user_id="v", session_id="t"),
+        ],
+    )
+    query = StatsQuery(
+        metrics=["events", "conversions"],
+        dimensions=["event_name"],
+        date_range=["2026-03-11", "2026-03-11"],
+    )
+    async with db_sessions() as session:
+        before = await run_query(session, "acme", query)
+        assert before.totals == {"events": 0, "conversions": 0}
+        await update_tenant(session, "acme", TenantUpdate(timezone="Europe/Berlin"))
+        await session.commit()
+        # Day rollups were built in UTC: the engine no longer uses them for Berlin days
+        # (the breakdown comes from raw events, the total from UTC hours).
+        moved = await run_query(session, "acme", query)
+        assert moved.meta.source == "mixed"
+        assert moved.totals == {"events": 1, "conversions": 0}
+        assert [r.dimensions["event_name"] for r in moved.rows] == ["signup"]
+        # New conversion events take effect in rollups once they are rebuilt.
+        await update_tenant(
+            session,
+            "acme",
+            TenantUpdate(settings=TenantSettings(conversion_events=["signup"])),
+        )
+        await rebuild_rollups(session, "acme")
+        await session.commit()
+        rebuilt = await run_query(session, "acme", query)
+        assert rebuilt.meta.source == "rollups"
+        assert rebuilt.totals == {"events": 1, "conversions": 1}
+        assert [r.dimensions["event_name"] for r in rebuilt.rows] == ["signup"]
