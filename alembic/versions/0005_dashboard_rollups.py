@@ -54,6 +54,7 @@ def upgrade() -> None:
         CREATE TABLE stats_rollup_state (
             tenant_id text PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
             timezone text NOT NULL,
+            conversion_events text[] NOT NULL,
             built_at timestamptz NOT NULL
         )
         """

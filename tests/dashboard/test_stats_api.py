@@ -559,7 +559,7 @@ async def test_run_query_is_the_public_engine(
     assert result.comparison.totals == {"users": 0, "conversions": 0}
 
 
-async def test_timezone_and_conversion_changes_are_followed(
+async def test_timezone_and_conversion_changes_bypass_stale_rollups(
     make_tenant: TenantMaker, load: EventLoader, db_sessions: Sessions
 ) -> None:
     from app.modules.events.rollups import rebuild_rollups
@@ -590,12 +590,16 @@ async def test_timezone_and_conversion_changes_are_followed(
         assert moved.meta.source == "mixed"
         assert moved.totals == {"events": 1, "conversions": 0}
         assert [r.dimensions["event_name"] for r in moved.rows] == ["signup"]
-        # New conversion events take effect in rollups once they are rebuilt.
+        # Other conversion events: rollups are bypassed until rebuilt.
         await update_tenant(
             session,
             "acme",
             TenantUpdate(settings=TenantSettings(conversion_events=["signup"])),
         )
+        await session.commit()
+        bypassed = await run_query(session, "acme", query)
+        assert bypassed.meta.source == "events"
+        assert bypassed.totals == {"events": 1, "conversions": 1}
         await rebuild_rollups(session, "acme")
         await session.commit()
         rebuilt = await run_query(session, "acme", query)

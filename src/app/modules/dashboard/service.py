@@ -50,7 +50,7 @@ from app.modules.events.rollups import (
     CONFIDENCE,
     RELATIVE_ERROR,
     DistinctCount,
-    rollup_timezone,
+    rollup_state,
 )
 
 log = structlog.get_logger("app.dashboard")
@@ -215,6 +215,7 @@ class _Context:
     zone: tzinfo
     calendar: TenantCalendar
     rollup_timezone: str | None
+    rollups_current: bool
 
 
 def _needs(metrics: Iterable[str]) -> frozenset[str]:
@@ -260,6 +261,7 @@ def _spec(
         conversion_events=ctx.calendar.conversion_events,
         offset_minutes=_offset_minutes(ctx.zone, start, end),
         rollup_timezone=ctx.rollup_timezone,
+        rollups_current=ctx.rollups_current,
         needs=_needs(q.metrics),
         top=top,
     )
@@ -377,7 +379,15 @@ async def run_normal_query(
     data_version: DataVersion | None = None,
 ) -> StatsResult:
     version = data_version or await get_data_version(session, tenant_id)
-    ctx = _Context(tenant_id, zone, calendar, await rollup_timezone(session, tenant_id))
+    built = await rollup_state(session, tenant_id)
+    ctx = _Context(
+        tenant_id,
+        zone,
+        calendar,
+        rollup_timezone=built.timezone if built else None,
+        # Rollups built with other conversion events are not used until rebuilt.
+        rollups_current=built is None or built.conversion_events == calendar.conversion_events,
+    )
     top = _top(q)
     current = await _run_period(session, ctx, q, q.date_range, top)
     previous = await _run_period(session, ctx, q, q.compare, None) if q.compare else None

@@ -129,6 +129,8 @@ class AggregateSpec:
     offset_minutes: int = 0
     # The timezone the tenant's day rollups were built in (None: none built).
     rollup_timezone: str | None = None
+    # False when the rollups were built with other conversion events.
+    rollups_current: bool = True
     # Distinct counts the caller needs (the rest may be left at zero).
     needs: frozenset[str] = frozenset(DISTINCT)
     top: TopN | None = None
@@ -175,7 +177,7 @@ def rollup_plan(spec: AggregateSpec) -> tuple[int, str | None] | None:
     grains = [time_grain(k) for k in spec.group_by]
     grain = next((g for g in grains if g is not None), None)
     dims = {k for k in spec.group_by if time_grain(k) is None} | {f.dimension for f in spec.filters}
-    if len(dims) > 1:
+    if len(dims) > 1 or not spec.rollups_current:
         return None
     dim = next(iter(dims)) if dims else None
     if grain != "hour" and spec.rollup_timezone == spec.timezone:

@@ -19,8 +19,9 @@ relative error is bounded (see :data:`RELATIVE_ERROR`).
 Session-level facts are global to the session: a session is engaged if *any* of its
 events, on any day, makes it so. A late event can therefore change an older day; the
 refresh widens the days it rebuilds to every day on which a touched session has events.
-``stats_rollup_state`` remembers the timezone the day rows were built in; when the
-tenant's timezone changes, the engine stops using them and the next refresh rebuilds.
+``stats_rollup_state`` remembers the timezone and conversion events the rows were built
+with; when the tenant changes either, the engine stops using the affected rows (day rows
+for a timezone, all rows for conversion events) and the next refresh rebuilds them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,16 @@ from typing import Any
 
 import datasketches  # type: ignore[import-untyped]
 import structlog
-from sqlalchemy import BigInteger, DateTime, ForeignKey, LargeBinary, Numeric, SmallInteger, Text
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    LargeBinary,
+    Numeric,
+    SmallInteger,
+    Text,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
@@ -97,7 +107,7 @@ class StatsRollup(Base):
 
 
 class StatsRollupState(Base):
-    """The timezone a tenant's day rollups were built in."""
+    """The timezone and conversion events a tenant's rollups were built with."""
 
     __tablename__ = "stats_rollup_state"
 
@@ -105,6 +115,7 @@ class StatsRollupState(Base):
         Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
     )
     timezone: Mapped[str] = mapped_column(Text)
+    conversion_events: Mapped[list[str]] = mapped_column(ARRAY(Text))
     built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -355,14 +366,28 @@ async def _local_days(session: AsyncSession, utc_days: Collection[date], zone: s
     return {row.day for row in result}
 
 
-async def rollup_timezone(session: AsyncSession, tenant_id: str) -> str | None:
-    """The timezone the tenant's day rollups are in (None before the first build)."""
-    result = await session.execute(
-        sql_text("SELECT timezone FROM stats_rollup_state WHERE tenant_id = :tenant_id"),
-        {"tenant_id": tenant_id},
-    )
-    zone: str | None = result.scalar_one_or_none()
-    return zone
+@dataclass(frozen=True)
+class RollupState:
+    """What a tenant's rollups were built with."""
+
+    timezone: str
+    conversion_events: tuple[str, ...]
+
+
+async def rollup_state(session: AsyncSession, tenant_id: str) -> RollupState | None:
+    """The timezone and conversion events of the tenant's rollups (None: never built)."""
+    row = (
+        await session.execute(
+            sql_text(
+                "SELECT timezone, conversion_events FROM stats_rollup_state"
+                " WHERE tenant_id = :tenant_id"
+            ),
+            {"tenant_id": tenant_id},
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return RollupState(row.timezone, tuple(row.conversion_events))
 
 
 async def _rebuild_grain(
@@ -413,10 +438,17 @@ async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collectio
 
     config = await get_tenant_config(session, tenant_id)
     conversions = sorted(config.conversion_events)
-    built_in = await rollup_timezone(session, tenant_id)
+    built = await rollup_state(session, tenant_id)
     utc_days = set(days) | await _session_days(session, tenant_id, days)
-    if built_in != config.timezone:
-        # First build, or the tenant moved timezone: every local day is rebuilt.
+    if built is None or tuple(conversions) != built.conversion_events:
+        # First build, or other conversion events: every row is rebuilt.
+        await session.execute(
+            sql_text("DELETE FROM stats_rollups WHERE tenant_id = :tenant_id"),
+            {"tenant_id": tenant_id},
+        )
+        utc_days |= await _all_event_days(session, tenant_id)
+    elif built.timezone != config.timezone:
+        # The tenant moved timezone: every local day is rebuilt.
         await session.execute(
             sql_text("DELETE FROM stats_rollups WHERE tenant_id = :tenant_id AND grain = :g"),
             {"tenant_id": tenant_id, "g": GRAIN_DAY},
@@ -428,12 +460,12 @@ async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collectio
     written += await _rebuild_grain(session, tenant_id, GRAIN_DAY, _batches(local_days), params)
     await session.execute(
         sql_text(
-            "INSERT INTO stats_rollup_state (tenant_id, timezone, built_at)"
-            " VALUES (:tenant_id, :tz, now())"
+            "INSERT INTO stats_rollup_state (tenant_id, timezone, conversion_events, built_at)"
+            " VALUES (:tenant_id, :tz, :conversions, now())"
             " ON CONFLICT (tenant_id) DO UPDATE SET timezone = EXCLUDED.timezone,"
-            " built_at = EXCLUDED.built_at"
+            " conversion_events = EXCLUDED.conversion_events, built_at = EXCLUDED.built_at"
         ),
-        {"tenant_id": tenant_id, "tz": config.timezone},
+        {"tenant_id": tenant_id, "tz": config.timezone, "conversions": conversions},
     )
     log.debug(
         "rollups.refreshed",
