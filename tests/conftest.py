@@ -20,12 +20,17 @@ from app.core.migrations import upgrade_to_head
 from app.core.settings import Settings
 from app.main import create_app
 from app.models import import_all_models
+from app.modules import installed as installed_modules
 from tests.fixtures.postgres import (
     create_database,
     embedded_or_configured,
     session_database_name,
     with_database,
 )
+
+# Import every module now, at collection: a module may read its files at import time
+# (templates, static assets), which is fine at start-up but not inside a running loop.
+installed_modules()
 
 pytest_plugins = [
     "tests.fixtures.oidc",
