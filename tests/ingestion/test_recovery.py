@@ -46,7 +46,14 @@ async def test_run_in_a_killed_process_is_rescued_after_its_lease_expires(
             current = await ingest.run(run.id)
             return current.lease_owner == "doomed-worker" and current.progress.rows_loaded > 0
 
-        await wait_until(loaded_some, timeout_s=60)
+        try:
+            await wait_until(loaded_some, timeout_s=90)
+        except AssertionError:
+            current = await ingest.run(run.id)
+            raise AssertionError(
+                f"worker exit={worker.returncode} owner={current.lease_owner} "
+                f"status={current.status} loaded={current.progress.rows_loaded}"
+            ) from None
     finally:
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
