@@ -21,7 +21,6 @@ bound parameter.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +35,7 @@ from app.modules.events.rollups import (
     GRAIN_HOUR,
     DistinctCount,
     exact,
+    in_slices,
     merge_sketches,
 )
 
@@ -324,10 +324,6 @@ async def _from_events(session: AsyncSession, spec: AggregateSpec) -> dict[Group
 
 # --- hourly rollups: additive sums plus merged sketches -------------------------------
 
-# Above this many sketches per query the merge runs on a worker thread so the event
-# loop keeps serving other requests.
-_MERGE_ON_THREAD_ABOVE = 400
-
 
 async def _from_rollups(
     session: AsyncSession, spec: AggregateSpec, grain: int, dim_name: str | None
@@ -403,26 +399,21 @@ async def _from_rollups(
     if not groups and rows and rows[0]["events"] == 0:
         return {}, None
     total_groups = (int(rows[0]["total_groups"]) if rows else 0) if top is not None else None
-    sketch_count = sum(len(row.get(name) or ()) for row in rows for name in _SKETCH_COLUMNS)
 
-    def build() -> dict[GroupKey, Aggregates]:
-        out: dict[GroupKey, Aggregates] = {}
-        for row in rows:
-            distinct = {name: merge_sketches(row.get(name) or ()) for name in _SKETCH_COLUMNS}
-            out[tuple(row[f"g{i}"] for i in range(n))] = Aggregates(
-                events=int(row["events"]),
-                pageviews=int(row["pageviews"]),
-                new_users=int(row["new_users"]),
-                conversions=int(row["conversions"]),
-                engagement_msec=int(row["engagement_msec"]),
-                revenue=Decimal(row["revenue"]),
-                users=distinct["users"],
-                sessions=distinct["sessions"],
-                engaged_sessions=distinct["engaged_sessions"],
-                converting_sessions=distinct["converting_sessions"],
-            )
-        return out
+    def build(row: Any) -> tuple[GroupKey, Aggregates]:
+        distinct = {name: merge_sketches(row.get(name) or ()) for name in _SKETCH_COLUMNS}
+        return tuple(row[f"g{i}"] for i in range(n)), Aggregates(
+            events=int(row["events"]),
+            pageviews=int(row["pageviews"]),
+            new_users=int(row["new_users"]),
+            conversions=int(row["conversions"]),
+            engagement_msec=int(row["engagement_msec"]),
+            revenue=Decimal(row["revenue"]),
+            users=distinct["users"],
+            sessions=distinct["sessions"],
+            engaged_sessions=distinct["engaged_sessions"],
+            converting_sessions=distinct["converting_sessions"],
+        )
 
-    if sketch_count > _MERGE_ON_THREAD_ABOVE:
-        return await asyncio.to_thread(build), total_groups
-    return build(), total_groups
+    # Merging runs on the loop in short slices (threads would contend for the GIL).
+    return dict(await in_slices(rows, build)), total_groups
