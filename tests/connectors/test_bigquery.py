@@ -385,6 +385,8 @@ async def test_query_timeout_is_transient_and_cancels_jobs(bigquery_fake: BigQue
         (403, "accessDenied", TerminalError, "BigQuery Data Viewer"),
         (401, "authError", TerminalError, "rejected the credentials"),
         (404, "notFound", TerminalError, "analytics_<property id>"),
+        (400, "bytesBilledLimitExceeded", TerminalError, "maximum_bytes_billed"),
+        (400, "invalidQuery", TerminalError, "rejected the request"),
     ],
 )
 async def test_api_errors_are_classified(

@@ -373,7 +373,8 @@ async def test_large_file_streams_without_starving_the_loop(sftp_server: SftpSer
     lags.sort()
     p99 = lags[int(len(lags) * 0.99)]
     print(
-        f"loop lag while importing {rows} rows: p99 {p99 * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms"
+        f"loop lag while importing {rows} rows: "
+        f"p99 {p99 * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms"
     )
     # Generous: two shared cores, the SSH server on the same loop.
     assert p99 < 0.25, (p99, lags[-1])
