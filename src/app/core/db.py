@@ -69,7 +69,11 @@ class Database:
             pool_recycle=1800,
             connect_args={
                 "timeout": settings.db_connect_timeout_s,
-                "command_timeout": settings.db_statement_timeout_ms / 1000 + 5,
+                # The server's statement_timeout is the real bound (15 s by default; a
+                # bulk load raises it for its transaction with SET LOCAL, up to 10 min).
+                # This client-side limit is only the safety net for a server that stops
+                # answering altogether, so it must sit above the largest of those.
+                "command_timeout": max(settings.db_statement_timeout_ms / 1000, 600) + 30,
                 "server_settings": {
                     "statement_timeout": str(settings.db_statement_timeout_ms),
                     "idle_in_transaction_session_timeout": "600000",
