@@ -6,7 +6,7 @@ from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,7 +27,9 @@ class TenantController(Controller):
         opt={"role": "operator"},
         responses=error_responses(400, 401, 403, 409, 503),
     )
-    async def create(self, db_session: NamedDependency[AsyncSession], data: TenantCreate) -> Tenant:
+    async def create(
+        self, db_session: NamedDependency[AsyncSession], data: JSONBody[TenantCreate]
+    ) -> Tenant:
         return await service.create_tenant(db_session, data)
 
     @get(
@@ -70,7 +72,7 @@ class TenantController(Controller):
         self,
         db_session: NamedDependency[AsyncSession],
         tenant_id: FromPath[str],
-        data: TenantUpdate,
+        data: JSONBody[TenantUpdate],
     ) -> Tenant:
         return await service.update_tenant(db_session, tenant_id, data)
 
