@@ -23,7 +23,7 @@ from bench.database import DATA_ROOT, MAIN_TENANT, ROOT, SMALL_TENANT, Dataset, 
 from bench.issuer import Issuer
 from bench.load import write_json
 from bench.profiles import PROFILES, Profile
-from bench.servers import peer, pulse
+from bench.servers import blocked_summary, peer, pulse
 
 PHASES = ("dashboard", "ceiling", "peer", "ingestion", "bigquery", "isolation", "auth")
 started_at = time.monotonic()
@@ -51,9 +51,11 @@ def run_dashboard_phase(dataset: Dataset, issuer: Issuer, profile: Profile) -> d
     with pulse(dataset, issuer, name="pulse-cache-off", PULSE_STATS_CACHE_TTL_S="0.000001") as s:
         out["cache_off"] = dashboard.run_pulse(s, token, dataset, profile, log)
         out["cache_off"]["rss_bytes"] = s.memory()
+    out["cache_off"]["loop_blocked"] = blocked_summary(s.log_path)
     with pulse(dataset, issuer, name="pulse-cache-on") as s:
         out["cache_on"] = dashboard.run_pulse(s, token, dataset, profile, log)
         out["cache_on"]["rss_bytes"] = s.memory()
+    out["cache_on"]["loop_blocked"] = blocked_summary(s.log_path)
     return out
 
 
@@ -84,7 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
 
     if args.report_only:
-        results = json.loads((ROOT / "bench" / "results" / f"{profile.name}.json").read_text())
+        path = ROOT / "bench" / "results" / f"{profile.name}.json"
+        results = json.loads(path.read_text())
+        dash = results.get("dashboard")
+        if isinstance(dash, dict) and "error" not in dash:
+            # Results saved before the loop-blocked summary existed: the logs of that run
+            # are still under bench/.data/logs/ (each run overwrites them).
+            for mode in ("cache_off", "cache_on"):
+                if "loop_blocked" not in dash[mode]:
+                    log_path = DATA_ROOT / "logs" / f"pulse-{mode.replace('_', '-')}.log"
+                    dash[mode]["loop_blocked"] = blocked_summary(log_path)
+            write_json(path, results)
         log(f"report: {report.write(results).relative_to(ROOT)}")
         return 0
 
@@ -126,6 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["total_seconds"] = round(time.monotonic() - started_at, 1)
     out = ROOT / "bench" / "results" / f"{profile.name}.json"
+    if args.only and out.exists():
+        # Some phases re-run: keep the other phases of the saved run, say which were redone.
+        saved = json.loads(out.read_text())
+        rerun = saved.setdefault("rerun", [])
+        rerun.append(
+            {
+                "phases": phases,
+                "started_at": results["started_at"],
+                "environment": results["environment"],
+                "total_seconds": results["total_seconds"],
+            }
+        )
+        for name in phases:
+            saved[name] = results[name]
+            saved.setdefault("phase_seconds", {})[name] = results["phase_seconds"][name]
+        results = saved
     write_json(out, results)
     log(f"raw results: {out.relative_to(ROOT)}")
     if not args.no_docs:

@@ -17,6 +17,20 @@ def _error(section: Any) -> bool:
     return not isinstance(section, dict) or "error" in section
 
 
+def _queueing(clients: int, rps: float) -> str:
+    if rps < 1:
+        return (
+            f"With {clients} closed-loop clients and under one response per second, every "
+            "request waits behind the others: latency is queueing."
+        )
+    return (
+        f"With {clients} closed-loop clients the latency is mostly queueing: by Little's law "
+        f"the mean is clients / throughput = {clients} / {rps:,.0f} req/s = "
+        f"{clients / rps * 1000:,.0f} ms, so a p99 of a few tens of ms at 100 clients needs "
+        "thousands of requests per second."
+    )
+
+
 def _dashboard_notes(r: dict[str, Any]) -> list[str]:
     notes: list[str] = []
     dash, ceiling = r.get("dashboard"), r.get("ceiling")
@@ -47,12 +61,18 @@ def _dashboard_notes(r: dict[str, Any]) -> list[str]:
                     "- so the database can meet it and the gap is in Pulse's process (Python "
                     "work per request: sketch merging, result shaping, auth, one event loop)."
                 )
-        parts.append(
-            f"Latency at {top} closed-loop clients is mostly queueing: p99 ~ clients / "
-            f"throughput ({int(top)} / {by[top]['rps']:,.0f} req/s = "
-            f"{int(top) / max(by[top]['rps'], 1e-9) * 1000:,.0f} ms), so the target at 100 "
-            "clients needs ~2,000 req/s of uncached work."
-        )
+        parts.append(_queueing(int(top), by[top]["rps"]))
+        blocked = dash["cache_off"].get("loop_blocked") or []
+        sketches = [g for g in blocked if any("merge_sketches" in f for f in g["frames"])]
+        if sketches:
+            count = sum(g["count"] for g in sketches)
+            longest = max(g["max_blocked_ms"] for g in sketches)
+            parts.append(
+                f"The watchdog caught the loop inside `merge_sketches` (HyperLogLog merging in "
+                f"`events/query.py`'s result building) {count} times, up to {longest:,.0f} ms: "
+                "merges below the off-loop threshold still run on the event loop, and every "
+                "request waiting behind them waits that long."
+            )
         if load > cores:
             parts.append(
                 f"The machine's load average was {load} on {cores} cores when the run began "
@@ -73,11 +93,9 @@ def _dashboard_notes(r: dict[str, Any]) -> list[str]:
         text = (
             f"- **{endpoint}, cached, {top} clients: p99 {shown} (target 10 ms)** at "
             f"{fig['rps']:,.0f} req/s. A cached answer still costs a request's fixed work: JWT "
-            "validation, a database session with three small queries (tenant calendar, data "
-            "version, tenant settings) before the cache lookup, JSON encoding. With "
-            f"{top} connections on one event loop the p99 is again queueing "
-            f"({int(top)} / {fig['rps']:,.0f} req/s = "
-            f"{int(top) / max(fig['rps'], 1e-9) * 1000:,.0f} ms)."
+            "validation, a database session with two small queries (the tenant's settings "
+            "and data version, plus the pool's pre-ping) before the cache lookup, JSON "
+            "encoding, all on one event loop in one process. " + _queueing(int(top), fig["rps"])
         )
         if none_p99 is not None:
             text += (
@@ -93,15 +111,29 @@ def _ingestion_notes(r: dict[str, Any]) -> list[str]:
     if _error(g) or not g.get("engine_runs"):
         return []
     notes = []
-    for engine, base in zip(g["engine_runs"], g["baseline_runs"], strict=False):
+    bases = g["baseline_runs"]
+    for engine in g["engine_runs"]:
+        index = engine.get("round", 0)
+        base = bases[index] if index < len(bases) else None
         if engine["status"] != "succeeded":
             notes.append(
-                f"- **Import status `{engine['status']}`** (attempt {engine.get('attempt')}); "
-                f"errors logged by Pulse: {', '.join(engine.get('logged_errors') or []) or 'none'}."
-                " A `TimeoutError` there is the database statement timeout (15 s) hit inside "
-                "the load's rollup refresh."
+                f"- **Import ({engine.get('variant', '')}): {engine['status']}**; errors logged "
+                f"by Pulse: {', '.join(engine.get('logged_errors') or []) or 'none'}. A "
+                "`TimeoutError` is the statement timeout (15 s by default) hit in the load's "
+                "rollup refresh (`events/rollups.py` `_session_days`: a semi-join of the new "
+                "rows' sessions against all the tenant's events). For a tenant PostgreSQL has "
+                "no statistics for, the planner probably expects a handful of rows and picks a "
+                "nested loop, quadratic in the 50k-row batch; compare the variant with "
+                "statistics. Candidate fixes for the events module: `ANALYZE` the "
+                "staging rows / events after the first batch of a tenant, an index on "
+                "(tenant_id, user_id, session_id), or a join shape that cannot nest-loop."
             )
-        if engine["rows_per_s"] and engine["rows_per_s"] < 0.5 * base["rows_per_s"]:
+        if (
+            base
+            and engine["status"] == "succeeded"
+            and engine["rows_per_s"]
+            and engine["rows_per_s"] < 0.5 * base["rows_per_s"]
+        ):
             notes.append(
                 f"- **Ingestion {engine['rows_per_s']:,.0f} rows/s vs COPY "
                 f"{base['rows_per_s']:,.0f} rows/s (target at least half)**. The baseline only "

@@ -34,6 +34,17 @@ def _spread(figure: dict[str, Any], name: str, digits: int = 1) -> str:
     return f"{_num(figure.get(name), digits)} ({_num(low, digits)}-{_num(high, digits)})"
 
 
+def _bq(b: dict[str, Any], name: str) -> str:
+    low, high = b[name + "_spread"]
+    return f"{b[name + '_s']:.2f} ({low:.2f}-{high:.2f})"
+
+
+def _ratio(pulse: float, other: float) -> str:
+    if not other:
+        return "-"
+    return f"{pulse / other:.2f}"
+
+
 def _hit(ok: bool | None) -> str:
     if ok is None:
         return "not measured"
@@ -114,6 +125,22 @@ class Report:
                 ],
             ),
             "",
+            *(
+                [
+                    "Phases re-run later on the same data set (their figures come from that "
+                    "later run): "
+                    + "; ".join(
+                        f"{', '.join(r['phases'])} at {r['started_at']} (commit "
+                        f"`{r['environment']['commit']}`, load average "
+                        f"{r['environment']['load_average_at_start'][0]})"
+                        for r in self.r.get("rerun", [])
+                    )
+                    + ".",
+                    "",
+                ]
+                if self.r.get("rerun")
+                else []
+            ),
             "Everything runs on the same machine: wrk, Pulse (one uvicorn process, uvloop), "
             "PostgreSQL and the bench itself share the cores, and on this machine other "
             "workloads ran at the same time. Absolute figures drift from run to run; the "
@@ -160,7 +187,7 @@ class Report:
             rows = []
             for mode in ("cache_off", "cache_on"):
                 section = d[mode][endpoint]
-                for clients, fig in section["by_clients"].items():
+                for clients, fig in sorted(section["by_clients"].items(), key=lambda i: int(i[0])):
                     rows.append(
                         [
                             mode.replace("_", " "),
@@ -211,7 +238,36 @@ class Report:
                 on <= CACHED_P99_TARGET,
             )
 
+    def blocked(self, d: dict[str, Any]) -> None:
+        rows = []
+        for mode in ("cache_off", "cache_on"):
+            for group in d[mode].get("loop_blocked") or []:
+                frames = "<br>".join(f"`{f}`" for f in group["frames"]) or "-"
+                rows.append(
+                    [
+                        mode.replace("_", " "),
+                        str(group["count"]),
+                        _num(group["max_blocked_ms"]),
+                        frames,
+                    ]
+                )
+        if rows:
+            self.add(
+                "### What held the event loop",
+                "",
+                "The watchdog's `loop.blocked` reports (the loop did not come back for 100 ms or "
+                "more) during the dashboard phase, grouped by the innermost frames it sampled "
+                "on the loop thread. On a CPU-starved machine a report can also mean the "
+                "process was not scheduled.",
+                "",
+                *_table(["Cache", "Reports", "Longest ms", "Innermost frames"], rows),
+                "",
+            )
+
     def ceiling_and_peer(self) -> None:
+        dash_section = self.r.get("dashboard")
+        if isinstance(dash_section, dict) and "error" not in dash_section:
+            self.blocked(dash_section)
         self.add("## 2. Ceiling and peer (same run)", "")
         ceiling = self.r.get("ceiling")
         peer = self.r.get("peer")
@@ -240,41 +296,36 @@ class Report:
             )
             if not (ceiling and dash) or _error(ceiling) or _error(dash):
                 return
+        seconds = self.r["profile"]["load_seconds"]
         rows = []
         for endpoint in ("summary", "timeseries", "breakdown"):
             clients = max(dash["cache_off"][endpoint]["by_clients"], key=int)
             p = dash["cache_off"][endpoint]["by_clients"][clients]
+            p_text, p99 = _p99_text(p, seconds)
             c = ceiling[endpoint]
-            rows.append(
-                [
-                    endpoint,
-                    "Pulse",
-                    _spread(p, "rps", 0),
-                    _spread(p, "p99"),
-                    "",
-                    "",
-                ]
-            )
+            rows.append([endpoint, "Pulse", _spread(p, "rps", 0), p_text, "", ""])
+            c_text, c99 = _p99_text(c, seconds)
             rows.append(
                 [
                     endpoint,
                     f"ceiling ({c['statements_per_request']} statements)",
                     _spread(c, "rps", 0),
-                    _spread(c, "p99"),
-                    f"{p['rps'] / c['rps']:.2f}" if c["rps"] else "-",
-                    f"{p['p99'] / c['p99']:.2f}" if c["p99"] else "-",
+                    c_text,
+                    _ratio(p["rps"], c["rps"]),
+                    _ratio(p99, c99),
                 ]
             )
             if endpoint == "summary" and peer and not _error(peer):
                 f = peer["summary"].get(clients) or peer["summary"][max(peer["summary"], key=int)]
+                f_text, f99 = _p99_text(f, seconds)
                 rows.append(
                     [
                         endpoint,
                         "peer (FastAPI, raw events)",
                         _spread(f, "rps", 0),
-                        _spread(f, "p99"),
-                        f"{p['rps'] / f['rps']:.2f}" if f["rps"] else "-",
-                        f"{p['p99'] / f['p99']:.2f}" if f["p99"] else "-",
+                        f_text,
+                        _ratio(p["rps"], f["rps"]),
+                        _ratio(p99, f99),
                     ]
                 )
         self.add(
@@ -287,7 +338,7 @@ class Report:
         if peer and not _error(peer):
             rows = [
                 [c, _spread(f, "rps", 0), _spread(f, "p50"), _spread(f, "p99"), _spread(f, "max")]
-                for c, f in peer["summary"].items()
+                for c, f in sorted(peer["summary"].items(), key=lambda i: int(i[0]))
             ]
             self.add(
                 "Peer summary at each concurrency:",
@@ -318,56 +369,76 @@ class Report:
             "Python, batches of 50k rows, and the hourly rollups of the touched days.",
             "",
         )
+
+        def base_for(engine: dict[str, Any]) -> dict[str, Any] | None:
+            index = engine.get("round", 0)
+            runs = g["baseline_runs"]
+            return runs[index] if index < len(runs) else None
+
+        def ratio_of(engine: dict[str, Any]) -> float | None:
+            base = base_for(engine)
+            if not base or engine["status"] != "succeeded" or not engine["rows_per_s"]:
+                return None
+            return float(engine["rows_per_s"]) / float(base["rows_per_s"])
+
         rows = []
-        for engine, base in zip(g["engine_runs"], g["baseline_runs"], strict=False):
-            ratio = engine["rows_per_s"] / base["rows_per_s"] if engine["rows_per_s"] else 0.0
+        for engine in g["engine_runs"]:
+            base = base_for(engine)
+            ratio = ratio_of(engine)
             rows.append(
                 [
-                    engine["source"],
+                    engine.get("variant", engine["source"]),
                     engine["status"],
                     _num(engine["rows_loaded"]),
                     _num(engine["seconds"], 1),
                     _num(engine["rows_per_s"], 0),
-                    _num(base["rows_per_s"], 0),
-                    f"{ratio:.2f}",
+                    _num(base["rows_per_s"], 0) if base else "-",
+                    f"{ratio:.2f}" if ratio is not None else "-",
+                    f"{(engine['rss_idle_bytes'] or 0) / 1e6:.0f}",
                     f"{engine['rss_peak_bytes'] / 1e6:.0f}",
                 ]
             )
         self.add(
             *_table(
                 [
-                    "Source",
+                    f"Import ({'sftp' if g['sftp_connector'] else 'synthetic'})",
                     "Status",
-                    "Rows",
+                    "Rows loaded",
                     "Seconds",
                     "Pulse rows/s",
                     "COPY rows/s",
                     "Pulse/COPY",
+                    "RSS before MB",
                     "Peak RSS MB",
                 ],
                 rows,
             ),
             "",
+            "A new tenant's first import and an import into a tenant the planner already has "
+            "statistics for (one day loaded, then `ANALYZE events`) are measured separately: "
+            "they behave very differently. A run that failed an attempt is not a throughput "
+            "figure (no ratio).",
+            "",
         )
-        if g["engine_runs"] and g["baseline_runs"]:
-            ratios = [
-                e["rows_per_s"] / b["rows_per_s"]
-                for e, b in zip(g["engine_runs"], g["baseline_runs"], strict=False)
-                if e["rows_per_s"]
-            ]
-            ratio = sorted(ratios)[len(ratios) // 2] if ratios else 0.0
-            self.target("ingestion Pulse/COPY", ">= 0.5", f"{ratio:.2f}", ratio >= 0.5)
+        variants = sorted({e.get("variant", "") for e in g["engine_runs"]})
+        for variant in variants:
+            runs = [e for e in g["engine_runs"] if e.get("variant", "") == variant]
+            ratios = [r for r in (ratio_of(e) for e in runs) if r is not None]
+            label = f"ingestion Pulse/COPY, {variant}" if variant else "ingestion Pulse/COPY"
+            if ratios:
+                ratio = sorted(ratios)[len(ratios) // 2]
+                self.target(label, ">= 0.5", f"{ratio:.2f}", ratio >= 0.5)
+            else:
+                self.target(label, ">= 0.5", f"no successful run ({runs[0]['status']})", False)
+        if g["engine_runs"]:
             peak = max(e["rss_peak_bytes"] for e in g["engine_runs"]) / 1e6
             idle = max(e["rss_idle_bytes"] or 0 for e in g["engine_runs"]) / 1e6
             self.target(
                 f"peak RSS, {_num(g['file_rows'])}-row file",
                 "< 300 MB",
-                f"{peak:.0f} MB (idle {idle:.0f} MB)",
+                f"{peak:.0f} MB (before the import {idle:.0f} MB)",
                 peak < 300,
             )
-            failed = [e for e in g["engine_runs"] if e["status"] != "succeeded"]
-            if failed:
-                self.add(f"Run errors: `{failed[0].get('error')}`", "")
         check = g.get("rss_check")
         if check:
             peak = check["rss_peak_bytes"] / 1e6
@@ -400,10 +471,10 @@ class Report:
                 [
                     [
                         "parallel",
-                        _spread(b, "parallel_s", 2).replace("_s", ""),
+                        _bq(b, "parallel"),
                         _num(b["rows_parallel"]),
                     ],
-                    ["sequential", _spread(b, "sequential_s", 2), _num(b["rows_sequential"])],
+                    ["sequential", _bq(b, "sequential"), _num(b["rows_sequential"])],
                     ["ideal (one query's pages)", _num(b["ideal_parallel_s"], 2), ""],
                 ],
             ),

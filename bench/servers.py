@@ -69,6 +69,33 @@ class Server:
         return found
 
 
+def blocked_summary(log_path: Path, top: int = 4) -> list[dict[str, object]]:
+    """The watchdog's ``loop.blocked`` reports in a Pulse log, grouped by the innermost
+    application frames on the loop at the time: what held the event loop."""
+    groups: dict[tuple[str, ...], list[float]] = {}
+    if not log_path.exists():
+        return []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"loop.blocked"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        frames = [
+            f.strip().replace(str(Path(sys.prefix).parent) + "/", "")
+            for f in str(record.get("stack", "")).splitlines()
+            if f.strip().startswith("File") and ("/src/app/" in f or "site-packages" in f)
+        ]
+        key = tuple(frames[-2:])
+        groups.setdefault(key, []).append(float(record.get("blocked_ms", 0)))
+    ranked = sorted(groups.items(), key=lambda item: -len(item[1]))[:top]
+    return [
+        {"count": len(ms), "max_blocked_ms": max(ms), "frames": list(frames)}
+        for frames, ms in ranked
+    ]
+
+
 def _wait_ready(server: Server, path: str, deadline_s: float) -> None:
     deadline = time.monotonic() + deadline_s
     last = "no answer"
