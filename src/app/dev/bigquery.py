@@ -42,7 +42,8 @@ def available() -> bool:
     )
 
 
-def _install_spatial_extension() -> None:
+def install_spatial_extension() -> None:
+    """Once per machine: DuckDB's spatial extension from the PyPI wheel (works offline)."""
     import duckdb
     import duckdb_extension_spatial
 
@@ -226,7 +227,7 @@ class DevBigQueryProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, seed: int, sessions_per_day: int, days: int) -> DevBigQuery:
-        _install_spatial_extension()
+        install_spatial_extension()
         rest, grpc = _free_port(), _free_port()
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         with self._log_path.open("wb") as log_file:
