@@ -210,8 +210,9 @@ def import_once(
     remote_dir = tenant_id
     (sftp_root / remote_dir).mkdir(parents=True, exist_ok=True)
     target = sftp_root / remote_dir / gz_path.name
-    if not target.exists():
-        os.link(gz_path, target)
+    if target.exists():  # a directory left by an earlier run may hold another file
+        target.unlink()
+    os.link(gz_path, target)
     server_sftp = SftpServer(sftp_root) if use_sftp else None
     endpoint = server_sftp.start() if server_sftp else None
     operator = issuer.token([tenant_id], role="operator")
