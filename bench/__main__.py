@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 if "loop_blocked" not in dash[mode]:
                     log_path = DATA_ROOT / "logs" / f"pulse-{mode.replace('_', '-')}.log"
                     dash[mode]["loop_blocked"] = blocked_summary(log_path)
-            write_json(path, results)
+        iso = results.get("isolation")
+        if isinstance(iso, dict) and "error" not in iso and "loop_blocked" not in iso:
+            iso["loop_blocked"] = blocked_summary(DATA_ROOT / "logs" / "pulse-isolation.log")
+        write_json(path, results)
         log(f"report: {report.write(results).relative_to(ROOT)}")
         return 0
 

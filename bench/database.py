@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -190,13 +192,23 @@ async def _fill(url: str, profile: Profile, first: date, log: Any) -> dict[str, 
 
 
 def _stop_stale_server(data_dir: Path) -> None:
-    """A server left running by an interrupted build must stop before its files go."""
-    if not (data_dir / "postmaster.pid").exists():
+    """A server left running by an interrupted run must stop before its files go: ask the
+    postmaster for a fast shutdown (SIGINT) and wait for it to exit."""
+    pid_file = data_dir / "postmaster.pid"
+    if not pid_file.exists():
         return
-    import pgserver
-
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
-    server.cleanup()
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+    except (ValueError, IndexError, ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
 
 
 def prepare(profile: Profile, log: Any, *, rebuild: bool = False) -> Dataset:

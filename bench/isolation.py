@@ -25,7 +25,7 @@ from bench.issuer import Issuer
 from bench.load import summarise, wrk
 from bench.metrics import lag_between, scrape_lag
 from bench.profiles import Profile
-from bench.servers import Server, pulse
+from bench.servers import Server, blocked_summary, pulse
 
 CONNECTIONS = 10
 WARN_MS = 25
@@ -133,6 +133,7 @@ def run(dataset: Dataset, issuer: Issuer, profile: Profile, log: Callable[[str],
             ):
                 time.sleep(0.5)
             out["statuses_final"] = _statuses(server, admin, runs)
+            out["loop_blocked"] = blocked_summary(server.log_path)
             out["run_errors"] = sorted(
                 {str(r.get("error")) for r in server.log_events("run.error")}
             )
