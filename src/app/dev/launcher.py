@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,7 +203,10 @@ async def run_dev(settings: Settings, scale: float = 1.0) -> int:
         app = create_app(settings)
         # The launcher's own loop (uvloop) is already running: uvicorn must not make one.
         server = build_server(app, settings.host, settings.port, loop="none")
-        serving = asyncio.create_task(server.serve(), name="uvicorn")
+        # Bind the HTTP port before the app starts: otherwise a service started in the
+        # lifespan on a random port (the SMTP catcher) can take it first.
+        listener = socket.create_server((settings.host, settings.port), reuse_port=False)
+        serving = asyncio.create_task(server.serve(sockets=[listener]), name="uvicorn")
         while not server.started:
             if serving.done():
                 return 1
