@@ -127,8 +127,9 @@ class Report:
             "",
             *(
                 [
-                    "Phases re-run later on the same data set (their figures come from that "
-                    "later run): "
+                    "Phases re-run later with the same profile (their figures come from that "
+                    "later run; the data set is rebuilt when the event store's code changed in "
+                    "between): "
                     + "; ".join(
                         f"{', '.join(r['phases'])} at {r['started_at']} (commit "
                         f"`{r['environment']['commit']}`, load average "
