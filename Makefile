@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install run serve test lint fmt migrate token bench bench-quick clean
+.PHONY: help install run serve test lint fmt migrate token bench-tools bench bench-quick clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,10 +51,15 @@ migrate: install ## upgrade the database to the newest migration
 token: install ## mint a development token: make token TENANT=demo ROLE=admin
 	@$(PY) -m app token --tenant $(or $(TENANT),demo) --role $(or $(ROLE),admin)
 
-bench: install ## full benchmark suite, writes docs/benchmarks.md
+bench-tools: # the load generator (Debian's wrk), installed when missing and we may
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } \
+		|| echo "wrk is missing: apt-get install -y wrk" >&2
+
+bench: install bench-tools ## full benchmark suite, writes docs/benchmarks.md
 	$(PY) -m bench --profile full
 
-bench-quick: install ## a few minutes of benchmarks
+bench-quick: install bench-tools ## a shorter benchmark run (1M events)
 	$(PY) -m bench --profile quick
 
 clean: ## remove local data and environments
