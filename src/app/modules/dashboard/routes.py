@@ -12,7 +12,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -162,7 +162,7 @@ class StatsController(Controller):
         request: Request[Any, Any, Any],
         db_session: NamedDependency[AsyncSession],
         tenant_id: FromPath[str],
-        data: StatsQuery,
+        data: JSONBody[StatsQuery],
         output_format: Format = None,
     ) -> Response[Any]:
         return await _respond(request, db_session, tenant_id, data, output_format)
