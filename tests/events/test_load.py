@@ -7,11 +7,13 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import text
 
 from app.core.db import Database
 from app.modules.events import (
     CanonicalEvent,
     DataVersion,
+    EventLoad,
     RowRejected,
     event_id_for,
     get_data_version,
@@ -147,3 +149,48 @@ async def test_large_batch_loads_in_slices(db: Database) -> None:
         result = await load_events(session, "acme", events, source_id=None)
         await session.commit()
     assert result.inserted == 3500
+
+
+_ROLLUPS = text(
+    "SELECT grain, dim, bucket, value, events, pageviews, users_count, sessions_count,"
+    " users_hll, sessions_hll, engaged_hll FROM stats_rollups WHERE tenant_id = :t"
+    " ORDER BY grain, dim, bucket, value"
+)
+
+
+async def test_one_transaction_of_many_loads_summarises_once_and_the_same(db: Database) -> None:
+    """A file loaded in several batches: the rollups are built at finish(), once, and
+    equal those of the same events loaded in one go (for another tenant)."""
+    start = datetime(2026, 1, 5, 22, tzinfo=UTC)
+    events = [
+        _event(
+            i,
+            (start + timedelta(minutes=7 * i)).isoformat(),
+            user_id=f"u{i % 11}",
+            session_id=f"s{i % 23}",
+            event_name="page_view" if i % 3 else "scroll",
+            page_path=f"/p{i % 4}",
+        )
+        for i in range(600)
+    ]
+    async with db.session() as session:
+        await create_tenant(session, TenantCreate(id="beta", name="Beta"))
+        await load_events(session, "beta", events, source_id=None)
+        await session.commit()
+    async with db.session() as session:
+        load = EventLoad(session, "acme", source_id=None)
+        results = [await load.add(events[i : i + 250]) for i in range(0, len(events), 250)]
+        pending = (await session.execute(_ROLLUPS, {"t": "acme"})).all()
+        await load.finish()
+        await load.finish()  # nothing new: no second refresh, no second version bump
+        await session.commit()
+    async with db.session() as session:
+        built = (await session.execute(_ROLLUPS, {"t": "acme"})).all()
+        expected = (await session.execute(_ROLLUPS, {"t": "beta"})).all()
+        version = await get_data_version(session, "acme")
+    assert [r.inserted for r in results] == [250, 250, 100]
+    assert pending == []
+    assert built == expected
+    assert sum(r.events for r in built if r.grain == 0) == 600
+    assert version.version == 1
+    assert version.fresh_until == start + timedelta(minutes=7 * 599)

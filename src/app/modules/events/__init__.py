@@ -1,7 +1,7 @@
 """The event store: the canonical event schema, idempotent loading and data versions.
 
 Other modules import from here only: ``CanonicalEvent``, ``to_canonical``,
-``RowRejected``, ``event_id_for``, ``load_events``, ``LoadResult``,
+``RowRejected``, ``event_id_for``, ``load_events``, ``EventLoad``, ``LoadResult``,
 ``get_data_version``, ``DataVersion``.
 """
 
@@ -17,6 +17,7 @@ from app.modules.events.schema import (
 )
 from app.modules.events.service import (
     DataVersion,
+    EventLoad,
     LoadResult,
     get_data_version,
     load_events,
@@ -28,6 +29,7 @@ __all__ = [
     "CANONICAL_FIELDS",
     "CanonicalEvent",
     "DataVersion",
+    "EventLoad",
     "LoadResult",
     "RowRejected",
     "event_id_for",

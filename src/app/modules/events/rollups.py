@@ -79,8 +79,10 @@ ROLLUP_DIMENSIONS: tuple[str, ...] = (
 SLICE_S = 0.005
 T = TypeVar("T")
 R = TypeVar("R")
-# How many UTC days one refresh statement aggregates (bounds the memory it uses).
+# How many UTC days one refresh statement aggregates (bounds the server's work per
+# statement), and how many aggregated rows are fetched at a time.
 _DAYS_PER_BATCH = 7
+_STREAM_ROWS = 16
 
 
 GRAIN_HOUR = 0
@@ -283,7 +285,14 @@ _EV_FILL = sql_text(
 _EV_ANALYZE = sql_text("ANALYZE pg_temp.pulse_rollup_ev")
 _SORT_OFF = sql_text("SELECT set_config('enable_sort', 'off', true)")
 _SORT_ON = sql_text("SELECT set_config('enable_sort', 'on', true)")
-_AGGREGATE = {GRAIN_HOUR: _aggregate_sql(GRAIN_HOUR), GRAIN_DAY: _aggregate_sql(GRAIN_DAY)}
+# An explicit cursor rather than the driver's portal: CLOSE releases the temporary
+# table, which an unclosed portal keeps in use until the transaction ends.
+_DECLARE = {
+    grain: sql_text(f"DECLARE pulse_rollup_cur NO SCROLL CURSOR FOR {_aggregate_sql(grain).text}")
+    for grain in (GRAIN_HOUR, GRAIN_DAY)
+}
+_FETCH = sql_text(f"FETCH {_STREAM_ROWS} FROM pulse_rollup_cur")
+_CLOSE = sql_text("CLOSE pulse_rollup_cur")
 
 ROLLUP_COLUMNS = (
     "tenant_id",
@@ -452,9 +461,15 @@ async def _rebuild_grain(
         await session.execute(_EV_FILL, values)
         await session.execute(_EV_ANALYZE)
         await session.execute(_SORT_OFF)
-        rows = (await session.execute(_AGGREGATE[grain], values)).all()
+        # Streamed: a row carries the hashes of every event in its bucket (a whole day's
+        # for the totals), so holding all rows at once would take memory in proportion
+        # to the window. The finished records are small (four sketches of a few KB).
+        records: list[tuple[Any, ...]] = []
+        await session.execute(_DECLARE[grain], values)
+        while part := (await session.execute(_FETCH)).all():
+            records.extend(await in_slices(part, partial(_rollup_record, tenant_id, grain)))
+        await session.execute(_CLOSE)
         await session.execute(_SORT_ON)
-        records = await in_slices(rows, partial(_rollup_record, tenant_id, grain))
         written += await copy_rows(session, "stats_rollups", ROLLUP_COLUMNS, records)
     return written
 

@@ -98,6 +98,69 @@ async def _take_tenant_load_lock(session: AsyncSession, tenant_id: str) -> None:
         delay = min(delay * 2, 0.25)
 
 
+class EventLoad:
+    """One transaction's loads of a tenant's events.
+
+    :meth:`add` merges rows as they come; :meth:`finish` then brings the dashboard's
+    rollups and the tenant's data version up to date once, for every day the loads
+    touched. A large file loaded in many batches inside one transaction is therefore
+    aggregated once, not once per batch (which re-read each day many times over).
+    Everything runs in the caller's transaction and only flushes: the caller commits,
+    together with its own bookkeeping (cursor, ledger, counts).
+    """
+
+    def __init__(
+        self, session: AsyncSession, tenant_id: str, *, source_id: uuid.UUID | None
+    ) -> None:
+        self._session = session
+        self._tenant_id = tenant_id
+        self._source_id = source_id
+        self._days: set[date] = set()
+        self._newest: datetime | None = None
+        self._locked = False
+
+    async def add(self, events: Sequence[CanonicalEvent]) -> LoadResult:
+        """Merge validated events; rows whose (tenant, event_id) exists are skipped."""
+        if not events:
+            return LoadResult(0, 0)
+        session, tenant_id = self._session, self._tenant_id
+        await session.execute(_CREATE_STAGING)
+        for start in range(0, len(events), _SLICE):
+            records = _records(tenant_id, events[start : start + _SLICE], self._source_id)
+            await copy_rows(session, STAGING_TABLE, LOAD_COLUMNS, records)
+        # The staging table is private to this connection; only the merge takes turns.
+        if not self._locked:
+            await _take_tenant_load_lock(session, tenant_id)
+            self._locked = True
+        row = (await session.execute(_MERGE)).one()
+        await session.execute(text(f"TRUNCATE {STAGING_TABLE}"))
+        inserted = int(row.inserted)
+        days = frozenset(row.days)
+        if inserted:
+            self._days |= days
+            if self._newest is None or row.newest > self._newest:
+                self._newest = row.newest
+        log.debug(
+            "events.loaded",
+            tenant_id=tenant_id,
+            inserted=inserted,
+            duplicates=len(events) - inserted,
+            days=len(days),
+        )
+        return LoadResult(inserted=inserted, duplicates=len(events) - inserted, affected_days=days)
+
+    async def finish(self) -> None:
+        """Refresh the rollups of every touched day and bump the data version (once)."""
+        if not self._days:
+            return
+        days, self._days = self._days, set()
+        await refresh_rollups(self._session, self._tenant_id, days)
+        await self._session.execute(
+            _BUMP_VERSION, {"tenant_id": self._tenant_id, "newest": self._newest}
+        )
+        self._newest = None
+
+
 async def load_events(
     session: AsyncSession,
     tenant_id: str,
@@ -105,36 +168,12 @@ async def load_events(
     *,
     source_id: uuid.UUID | None,
 ) -> LoadResult:
-    """Load validated events into the store; rows whose (tenant, event_id) exists are skipped.
-
-    COPY into a per-connection staging table, then one ``INSERT ... ON CONFLICT DO
-    NOTHING``; the dashboard's rollups for the touched days are refreshed and the
-    tenant's data version bumped, all inside the caller's transaction. Only flushes:
-    the caller commits, together with its own bookkeeping (cursor, ledger, counts).
-    """
-    if not events:
-        return LoadResult(0, 0)
-    await session.execute(_CREATE_STAGING)
-    for start in range(0, len(events), _SLICE):
-        records = _records(tenant_id, events[start : start + _SLICE], source_id)
-        await copy_rows(session, STAGING_TABLE, LOAD_COLUMNS, records)
-    # The staging table is private to this connection; only the merge takes turns.
-    await _take_tenant_load_lock(session, tenant_id)
-    row = (await session.execute(_MERGE)).one()
-    await session.execute(text(f"TRUNCATE {STAGING_TABLE}"))
-    inserted = int(row.inserted)
-    days = frozenset(row.days)
-    if inserted:
-        await refresh_rollups(session, tenant_id, days)
-        await session.execute(_BUMP_VERSION, {"tenant_id": tenant_id, "newest": row.newest})
-    log.debug(
-        "events.loaded",
-        tenant_id=tenant_id,
-        inserted=inserted,
-        duplicates=len(events) - inserted,
-        days=len(days),
-    )
-    return LoadResult(inserted=inserted, duplicates=len(events) - inserted, affected_days=days)
+    """Load one batch of validated events, with its rollups and data version
+    (:class:`EventLoad` for many batches in one transaction)."""
+    load = EventLoad(session, tenant_id, source_id=source_id)
+    result = await load.add(events)
+    await load.finish()
+    return result
 
 
 async def get_data_version(session: AsyncSession, tenant_id: str) -> DataVersion:

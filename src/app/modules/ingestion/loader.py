@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Database
-from app.modules.events import CanonicalEvent, RowRejected, load_events, to_canonical
+from app.modules.events import CanonicalEvent, EventLoad, RowRejected, to_canonical
 from app.modules.ingestion import repository
 from app.modules.ingestion.connectors.base import Batch, LedgerEntry, Progress
 from app.modules.ingestion.repository import BatchCounts
@@ -91,6 +91,7 @@ async def validate_batch(batch: Batch) -> tuple[list[CanonicalEvent], list[Rejec
 @dataclass
 class _Pending:
     session: AsyncSession
+    load: EventLoad
     counts: BatchCounts = field(default_factory=BatchCounts)
     cursor: dict[str, Any] = field(default_factory=dict)
     ledger: list[tuple[LedgerEntry, int]] = field(default_factory=list)
@@ -136,16 +137,15 @@ class BatchLoader:
         events, rejected = await validate_batch(batch)
         if self._pending is None:
             session = self._db.sessionmaker()
-            # A load may wait its turn behind other loads of the tenant (see load_events)
+            # A load may wait its turn behind other loads of the tenant (see EventLoad)
             # and rebuild rollups: longer than a request's statement timeout allows.
             await session.execute(_LOAD_STATEMENT_TIMEOUT)
-            self._pending = _Pending(session)
+            load = EventLoad(session, self._tenant_id, source_id=self._source_id)
+            self._pending = _Pending(session, load)
         pending = self._pending
         for start in range(0, len(events), self._batch_rows):
             chunk = events[start : start + self._batch_rows]
-            result = await load_events(
-                pending.session, self._tenant_id, chunk, source_id=self._source_id
-            )
+            result = await pending.load.add(chunk)
             pending.counts.loaded += result.inserted
             pending.counts.duplicates += result.duplicates
             pending.item_loaded += result.inserted
@@ -188,6 +188,9 @@ class BatchLoader:
             return
         try:
             session = pending.session
+            # The rollups of everything this transaction loaded, in one pass.
+            self._progress.report(stage="updating rollups")
+            await pending.load.finish()
             if pending.cursor:
                 await repository.patch_cursor(session, self._source_id, pending.cursor)
             for entry, rows in pending.ledger:
