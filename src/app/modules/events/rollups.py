@@ -184,16 +184,26 @@ _DAY_DIMENSIONS = ", ".join(
 
 # The sessions whose events fall in the refreshed window, and every UTC day on which
 # those sessions have events: a late event can change an older day's engaged sessions.
+#
+# Session lookups go session by session through ix_events_tenant_session (LATERAL, with
+# OFFSET 0 so the planner cannot flatten it back into a join of its choosing). Left to
+# itself, for a tenant the statistics have not seen yet (its first import) the planner
+# expects one row and nested-loops every event against every event of the tenant.
+_TOUCHED_SESSIONS = """
+    SELECT DISTINCT e.user_id, e.session_id FROM events e
+    WHERE e.tenant_id = :tenant_id AND e.occurred_at >= :lo AND e.occurred_at < :hi
+      AND (e.occurred_at AT TIME ZONE 'UTC')::date = ANY(:days)
+      AND e.user_id IS NOT NULL AND e.session_id IS NOT NULL
+"""
 _SESSION_DAYS = sql_text(
-    """
+    f"""
     SELECT DISTINCT (s.occurred_at AT TIME ZONE 'UTC')::date AS day
-    FROM events s
-    WHERE s.tenant_id = :tenant_id
-      AND (s.user_id, s.session_id) IN (
-          SELECT e.user_id, e.session_id FROM events e
-          WHERE e.tenant_id = :tenant_id AND e.occurred_at >= :lo AND e.occurred_at < :hi
-            AND (e.occurred_at AT TIME ZONE 'UTC')::date = ANY(:days)
-            AND e.user_id IS NOT NULL AND e.session_id IS NOT NULL)
+    FROM ({_TOUCHED_SESSIONS}) t
+    CROSS JOIN LATERAL (
+        SELECT s.occurred_at FROM events s
+        WHERE s.tenant_id = :tenant_id AND s.user_id = t.user_id AND s.session_id = t.session_id
+        OFFSET 0
+    ) s
     """
 )
 
@@ -228,17 +238,20 @@ def _aggregate_sql(grain: int) -> Any:
         f"""
         WITH ev AS (SELECT * FROM pulse_rollup_ev),
         engaged AS (
-            SELECT s.user_id, s.session_id
-            FROM events s
-            WHERE s.tenant_id = :tenant_id
-              AND (s.user_id, s.session_id) IN (
-                  SELECT DISTINCT user_id, session_id FROM ev
-                  WHERE user_id IS NOT NULL AND session_id IS NOT NULL)
-            GROUP BY s.user_id, s.session_id
-            HAVING coalesce(bool_or(s.session_engaged), false)
-                OR coalesce(sum(s.engagement_time_msec), 0) >= 10000
-                OR count(*) FILTER (WHERE s.event_name = 'page_view') >= 2
-                OR bool_or(s.event_name = ANY(:conversions))
+            -- Session by session through the session index (see _SESSION_DAYS).
+            SELECT t.user_id, t.session_id
+            FROM (SELECT DISTINCT user_id, session_id FROM ev
+                  WHERE user_id IS NOT NULL AND session_id IS NOT NULL) t
+            CROSS JOIN LATERAL (
+                SELECT coalesce(bool_or(s.session_engaged), false)
+                    OR coalesce(sum(s.engagement_time_msec), 0) >= 10000
+                    OR count(*) FILTER (WHERE s.event_name = 'page_view') >= 2
+                    OR coalesce(bool_or(s.event_name = ANY(:conversions)), false) AS yes
+                FROM events s
+                WHERE s.tenant_id = :tenant_id
+                  AND s.user_id = t.user_id AND s.session_id = t.session_id
+            ) a
+            WHERE a.yes
         ),
         x AS MATERIALIZED (
             -- Hashes and flags once per event, before the fan-out to 11 dimensions.
