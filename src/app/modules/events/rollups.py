@@ -264,23 +264,37 @@ def _aggregate_sql(grain: int) -> Any:
                 ev.event_name = ANY(:conversions) AS is_conversion
             FROM ev
             LEFT JOIN engaged g ON g.user_id = ev.user_id AND g.session_id = ev.session_id
+        ),
+        per_session AS (
+            -- First per session (and user) within each group: the arrays below then
+            -- carry a hash per session, not per event (several times fewer to send,
+            -- decode and sketch). The sums add up again in the outer aggregate.
+            SELECT x.bucket, d.dim, d.value, x.uh, x.sh,
+                count(*) AS events,
+                count(*) FILTER (WHERE x.event_name = 'page_view') AS pageviews,
+                count(*) FILTER (WHERE x.event_name = 'first_visit') AS new_users,
+                count(*) FILTER (WHERE x.is_conversion) AS conversions,
+                sum(x.engagement_time_msec) AS engagement_msec,
+                sum(x.revenue) AS revenue,
+                bool_or(x.is_engaged) AS is_engaged,
+                bool_or(x.is_conversion) AS converted
+            FROM x
+            CROSS JOIN LATERAL {dimensions} AS d(dim, value)
+            GROUP BY x.bucket, d.dim, d.value, x.uh, x.sh
         )
-        SELECT x.bucket, d.dim, d.value,
-            count(*) AS events,
-            count(*) FILTER (WHERE x.event_name = 'page_view') AS pageviews,
-            count(*) FILTER (WHERE x.event_name = 'first_visit') AS new_users,
-            count(*) FILTER (WHERE x.is_conversion) AS conversions,
-            coalesce(sum(x.engagement_time_msec), 0) AS engagement_msec,
-            coalesce(sum(x.revenue), 0) AS revenue,
-            array_agg(x.uh) FILTER (WHERE x.uh IS NOT NULL) AS users,
-            array_agg(x.sh) FILTER (WHERE x.sh IS NOT NULL) AS sessions,
-            array_agg(x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_engaged)
-                AS engaged,
-            array_agg(x.sh) FILTER (WHERE x.sh IS NOT NULL AND x.is_conversion)
-                AS converting
-        FROM x
-        CROSS JOIN LATERAL {dimensions} AS d(dim, value)
-        GROUP BY x.bucket, d.dim, d.value
+        SELECT p.bucket, p.dim, p.value,
+            sum(p.events)::bigint AS events,
+            sum(p.pageviews)::bigint AS pageviews,
+            sum(p.new_users)::bigint AS new_users,
+            sum(p.conversions)::bigint AS conversions,
+            coalesce(sum(p.engagement_msec), 0)::bigint AS engagement_msec,
+            coalesce(sum(p.revenue), 0) AS revenue,
+            array_agg(p.uh) FILTER (WHERE p.uh IS NOT NULL) AS users,
+            array_agg(p.sh) FILTER (WHERE p.sh IS NOT NULL) AS sessions,
+            array_agg(p.sh) FILTER (WHERE p.sh IS NOT NULL AND p.is_engaged) AS engaged,
+            array_agg(p.sh) FILTER (WHERE p.sh IS NOT NULL AND p.converted) AS converting
+        FROM per_session p
+        GROUP BY p.bucket, p.dim, p.value
         """
     )
 
