@@ -8,6 +8,7 @@ each module's hook. Shutdown runs the same list backwards, each step bounded.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -45,6 +46,19 @@ async def resolve_database_url(settings: Settings, stack: AsyncExitStack) -> str
     log.info("db.embedded_started", data_dir=str(settings.data_path / "postgres"))
     stack.push_async_callback(asyncio.to_thread, server.cleanup)
     return url
+
+
+def freeze_startup_heap() -> int:
+    """Move what start-up built (modules, classes, the app) out of the cyclic GC's reach.
+
+    A full collection walks every tracked object; with ~180k of them from imports alone
+    it held the event loop for tens of milliseconds each time an import's batches pushed
+    the collector into a full pass. Frozen objects are skipped (they live as long as the
+    process anyway). Returns how many objects are frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def build_lifespan(
@@ -88,6 +102,8 @@ def build_lifespan(
 
             for hook in hooks:
                 await stack.enter_async_context(hook(app))
+            if settings.env != "test":  # tests start many apps in one process
+                log.info("gc.heap_frozen", objects=freeze_startup_heap())
             log.info("app.started", env=settings.env)
             yield
             log.info("app.stopping")
