@@ -162,7 +162,6 @@ def sftp_source(endpoint: Any, remote_dir: str) -> dict[str, Any]:
             "remote_dir": remote_dir,
             "pattern": "*.csv.gz",
             "settle_s": 0,
-            "batch_rows": 50_000,
         },
         "secrets": {"password": endpoint.password},
     }
