@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.cpu import background_slice
 from app.core.db import copy_rows
 from app.modules.events.rollups import refresh_rollups
 from app.modules.events.schema import CANONICAL_FIELDS, CanonicalEvent
@@ -126,7 +127,8 @@ class EventLoad:
         session, tenant_id = self._session, self._tenant_id
         await session.execute(_CREATE_STAGING)
         for start in range(0, len(events), _SLICE):
-            records = _records(tenant_id, events[start : start + _SLICE], self._source_id)
+            async with background_slice():
+                records = _records(tenant_id, events[start : start + _SLICE], self._source_id)
             await copy_rows(session, STAGING_TABLE, LOAD_COLUMNS, records)
         # The staging table is private to this connection; only the merge takes turns.
         if not self._locked:
