@@ -194,3 +194,10 @@ async def test_one_transaction_of_many_loads_summarises_once_and_the_same(db: Da
     assert sum(r.events for r in built if r.grain == 0) == 600
     assert version.version == 1
     assert version.fresh_until == start + timedelta(minutes=7 * 599)
+
+
+def test_events_stay_out_of_the_cyclic_garbage_collector() -> None:
+    import gc
+
+    event = _event(1, properties={"nested": {"list": [1, 2]}})
+    assert not gc.is_tracked(event)
