@@ -35,6 +35,7 @@ import httpx
 
 from bench.database import DATA_ROOT, Dataset
 from bench.issuer import Issuer
+from bench.metrics import lag_between, scrape_lag
 from bench.profiles import Profile
 from bench.servers import Server, pulse
 from bench.sftp_server import SftpServer
@@ -217,7 +218,9 @@ def import_once(
     operator = issuer.token([tenant_id], role="operator")
     admin = issuer.token([tenant_id], role="admin")
     try:
-        with pulse(dataset, issuer, name=f"pulse-ingest-{tenant_id}") as server:
+        with pulse(
+            dataset, issuer, name=f"pulse-ingest-{tenant_id}", PULSE_LOOP_LAG_WARN_MS="25"
+        ) as server:
             idle = server.memory()
             create_tenant(server, operator, tenant_id)
             if seeded:
@@ -226,6 +229,7 @@ def import_once(
                 source, run_body = sftp_source(endpoint, remote_dir), {"trigger": "manual"}
             else:
                 source, run_body = synthetic_source(days)
+            lag_before = scrape_lag(server.url)
             run_id = start_run(server, admin, tenant_id, source, run_body)
             peak_rss = 0
             # A slow engine is a finding, not a reason to wait for ever.
@@ -246,6 +250,10 @@ def import_once(
             finished = run.get("status") in FINAL
             errors = sorted({str(r.get("error")) for r in server.log_events("run.error")})
             memory = server.memory()
+            # The event loop while the file imports (the issue: parsing must not starve it).
+            loop_lag = lag_between(lag_before, scrape_lag(server.url))
+            logged = [float(str(r["lag_ms"])) for r in server.log_events("loop.lag")]
+            loop_lag["max_logged_ms"] = max(logged) if logged else None
     finally:
         if server_sftp is not None:
             server_sftp.stop()
@@ -277,10 +285,12 @@ def import_once(
         "rows_per_s": round(loaded / seconds, 1) if seconds > 0 else None,
         "rss_idle_bytes": idle.get("VmRSS"),
         "rss_peak_bytes": max(memory.get("VmHWM", 0), peak_rss),
+        "loop_lag": loop_lag,
     }
     log(
         f"  engine ({result['source']}): {loaded:,} rows in {seconds:.1f}s ="
         f" {result['rows_per_s']} rows/s, peak RSS {result['rss_peak_bytes'] / 2**20:.0f} MiB,"
+        f" loop lag p99<={loop_lag['p99_le_ms']} ms max {loop_lag['max_logged_ms']} ms,"
         f" status {status}"
     )
     return result

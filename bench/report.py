@@ -57,6 +57,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _lag_text(lag: dict[str, Any] | None) -> str:
+    """Loop lag during an import: p99 (histogram bucket bound) / largest logged lag."""
+    if not lag or not lag.get("samples"):
+        return "-"
+    biggest = lag.get("max_logged_ms")
+    return f"<= {_num(lag.get('p99_le_ms'))} / {_num(biggest) if biggest else '< 25'}"
+
+
 def _error(section: Any) -> str | None:
     if isinstance(section, dict) and "error" in section:
         return str(section["error"])
@@ -397,6 +405,7 @@ class Report:
                     f"{ratio:.2f}" if ratio is not None else "-",
                     f"{(engine['rss_idle_bytes'] or 0) / 1e6:.0f}",
                     f"{engine['rss_peak_bytes'] / 1e6:.0f}",
+                    _lag_text(engine.get("loop_lag")),
                 ]
             )
         self.add(
@@ -411,6 +420,7 @@ class Report:
                     "Pulse/COPY",
                     "RSS before MB",
                     "Peak RSS MB",
+                    "Loop lag p99 / max ms",
                 ],
                 rows,
             ),
