@@ -233,3 +233,43 @@ async def test_sftp_wrong_password_fails_without_retry(
     assert run["attempt"] == 1
     assert "authentication failed" in run["error"]["message"]
     assert "wrong" not in run["error"]["message"]
+
+
+async def test_an_unreadable_plain_csv_is_dropped_whole_and_the_next_file_loads(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    ingest: IngestKit,
+    sftp_server: SftpServer,
+) -> None:
+    """A plain CSV is parsed in one pass: its first rows are loaded (uncommitted) before
+    the unreadable line shows up. The connector abandons the file: those rows are
+    rolled back, the reason is quarantined, and the next file still imports."""
+    now = time.time()
+    oversized = "x" * 200_000  # over the csv module's field limit: csv.Error
+    corrupt = HEADER + csv_rows(30) + f'e999,page_view,2026-01-05T10:00:00Z,u,s,"{oversized}",,\n'
+    await sftp_server.write("a-corrupt.csv", corrupt.encode(), mtime=now - 30)
+    await sftp_server.write(
+        "b-good.csv", (HEADER + csv_rows(7, start=500)).encode(), mtime=now - 20
+    )
+    created = await client.post(
+        f"{BASE}/sources", json=_sftp_source(sftp_server, batch_rows=10), headers=admin
+    )
+    assert created.status_code == 201, created.text
+    run = await _run(client, admin, created.json()["id"])
+    assert run["status"] == "succeeded", run
+    assert run["progress"]["rows_loaded"] == 7
+    events, rolled, _ = await _counts(ingest)
+    assert (events, rolled) == (7, 7)
+    quarantine = (await client.get(f"{BASE}/runs/{run['id']}/quarantine", headers=admin)).json()[
+        "items"
+    ]
+    assert [(q["item"], q["reason"]) for q in quarantine] == [
+        (
+            "/incoming/a-corrupt.csv",
+            "file not imported: unreadable CSV: field larger than field limit (131072)",
+        )
+    ]
+    ledger = await ingest.scalar(
+        "SELECT string_agg(path, ',' ORDER BY path) FROM ingestion_file_ledger"
+    )
+    assert ledger == "/incoming/b-good.csv"

@@ -129,6 +129,8 @@ class BatchLoader:
         self.cancel_requested = False
 
     async def add(self, batch: Batch) -> None:
+        if batch.abandon:
+            await self.discard()
         self._progress.report(
             stage="loading",
             item=batch.item,

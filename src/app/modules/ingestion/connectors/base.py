@@ -91,6 +91,9 @@ class Batch:
     ledger: LedgerEntry | None = None
     commit: bool = True
     bytes_read: int = 0
+    # Roll back everything not committed yet before taking this batch: the connector
+    # gives up on the item it was loading (its rows so far are dropped) and carries on.
+    abandon: bool = False
 
 
 class Progress:

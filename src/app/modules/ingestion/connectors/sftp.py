@@ -319,9 +319,10 @@ class SftpConnector:
                     commit=False,
                 )
         except UnreadableFile as exc:
-            # Only reachable for a plain file; what was yielded of it is not committed yet,
-            # and failing the attempt rolls it back.
-            raise TerminalError(f"{remote.path}: {exc}") from None
+            # Only reachable for a plain file (a gzip file was read to its end first). What
+            # was yielded of it is not committed yet: drop it, say why, go on to the next.
+            yield self._unreadable(ctx, remote, str(exc), abandon=True)
+            return
         finally:
             bridge.abort()
         assert finished is not None
@@ -353,7 +354,9 @@ class SftpConnector:
             await _close_quietly(handle, min(5.0, config.idle_timeout_s))
         return bool(head == GZIP_MAGIC)
 
-    def _unreadable(self, ctx: ExtractContext, remote: RemoteFile, reason: str) -> Batch:
+    def _unreadable(
+        self, ctx: ExtractContext, remote: RemoteFile, reason: str, *, abandon: bool = False
+    ) -> Batch:
         log.warning(
             "sftp.file_unreadable",
             tenant_id=ctx.tenant_id,
@@ -367,6 +370,7 @@ class SftpConnector:
             item=remote.path,
             rejects=[Reject(reason=f"file not imported: {reason}", raw=None, line_number=None)],
             commit=True,
+            abandon=abandon,
         )
 
     async def _verify(
