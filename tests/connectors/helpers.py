@@ -9,7 +9,13 @@ from typing import Any
 
 import msgspec
 
-from app.modules.ingestion.connectors.base import Batch, DateWindow, ExtractContext, SourceContext
+from app.modules.ingestion.connectors.base import (
+    Batch,
+    DateWindow,
+    ExtractContext,
+    LedgerEntry,
+    SourceContext,
+)
 
 
 def source_context(
@@ -38,7 +44,7 @@ def extract_context(
     executor: ThreadPoolExecutor | None = None,
     batch_rows: int = 50_000,
     is_cancelled: Callable[[], bool] = lambda: False,
-    imported_files: Callable[[], Awaitable[dict[str, set[str]]]] | None = None,
+    imported_files: Callable[[], Awaitable[dict[str, list[LedgerEntry]]]] | None = None,
 ) -> ExtractContext:
     base = source_context(connector, config, secrets, executor=executor)
     return ExtractContext(

@@ -16,7 +16,12 @@ import asyncssh
 import pytest
 
 from app.modules.events import to_canonical
-from app.modules.ingestion.connectors.base import Batch, TerminalError, TransientError
+from app.modules.ingestion.connectors.base import (
+    Batch,
+    LedgerEntry,
+    TerminalError,
+    TransientError,
+)
 from app.modules.ingestion.connectors.sftp import SftpConnector
 from tests.connectors.helpers import all_rows, collect, extract_context, source_context
 from tests.fixtures.sftp import KEY_USER, SftpServer
@@ -245,11 +250,12 @@ async def test_ledger_skips_unchanged_files_and_reimports_changed_ones(
     sftp_server: SftpServer,
 ) -> None:
     first = (HEADER + csv_rows(3)).encode()
-    await sftp_server.write("a.csv", first)
+    await sftp_server.write("a.csv", first, mtime=time.time() - 100)
     await sftp_server.write("b.csv", (HEADER + csv_rows(2, start=10)).encode())
-    known = {"/incoming/a.csv": {hashlib.sha256(first).hexdigest()}}
+    # Known by content only (mtime unknown): a.csv is read and hashed, then skipped.
+    known = {"/incoming/a.csv": [LedgerEntry("/incoming/a.csv", 0, _sha(first))]}
 
-    async def imported() -> dict[str, set[str]]:
+    async def imported() -> dict[str, list[LedgerEntry]]:
         return known
 
     ctx = extract_context(
@@ -264,6 +270,38 @@ async def test_ledger_skips_unchanged_files_and_reimports_changed_ones(
     )
     batches = await collect(CONNECTOR, ctx)
     assert sorted(ledger(batches)) == ["/incoming/a.csv", "/incoming/b.csv"]
+
+
+def _sha(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+async def test_a_file_with_its_ledger_size_and_mtime_is_not_read_again(
+    sftp_server: SftpServer,
+) -> None:
+    body = (HEADER + csv_rows(3)).encode()
+    await sftp_server.write("a.csv", body, mtime=time.time() - 100)
+    batches = await collect(CONNECTOR, ctx_for(sftp_server))
+    entry = ledger(batches)["/incoming/a.csv"]
+    assert (entry.size, entry.sha256) == (len(body), _sha(body))
+    assert entry.mtime is not None
+    # The ledger's digest is deliberately wrong: had the file been read and hashed again,
+    # it would not match and the file would be imported a second time.
+    stale = {"/incoming/a.csv": [LedgerEntry(entry.path, entry.size, "0" * 64, entry.mtime)]}
+
+    async def imported() -> dict[str, list[LedgerEntry]]:
+        return stale
+
+    ctx = extract_context(
+        CONNECTOR, sftp_server.config(), sftp_server.secrets(), imported_files=imported
+    )
+    assert await collect(CONNECTOR, ctx) == []
+    # Touched since (same size, new mtime): read again, and here imported again.
+    await sftp_server.write("a.csv", body, mtime=time.time() - 10)
+    ctx = extract_context(
+        CONNECTOR, sftp_server.config(), sftp_server.secrets(), imported_files=imported
+    )
+    assert list(ledger(await collect(CONNECTOR, ctx))) == ["/incoming/a.csv"]
 
 
 @pytest.mark.parametrize("action", ["move", "delete"])

@@ -259,14 +259,16 @@ async def record_ledger(
     )
 
 
-async def imported_files(session: AsyncSession, source_id: uuid.UUID) -> dict[str, set[str]]:
+async def imported_files(
+    session: AsyncSession, source_id: uuid.UUID
+) -> dict[str, list[LedgerEntry]]:
     rows = await session.execute(
-        text("SELECT path, sha256 FROM ingestion_file_ledger WHERE source_id = :id"),
+        text("SELECT path, size, sha256, mtime FROM ingestion_file_ledger WHERE source_id = :id"),
         {"id": source_id},
     )
-    out: dict[str, set[str]] = {}
-    for path, digest in rows:
-        out.setdefault(path, set()).add(digest)
+    out: dict[str, list[LedgerEntry]] = {}
+    for path, size, digest, mtime in rows:
+        out.setdefault(path, []).append(LedgerEntry(path, size, digest, mtime))
     return out
 
 

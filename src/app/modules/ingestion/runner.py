@@ -36,6 +36,7 @@ from app.modules.ingestion.connectors.base import (
     Batch,
     DateWindow,
     ExtractContext,
+    LedgerEntry,
     Progress,
     RunCancelled,
     TerminalError,
@@ -385,7 +386,7 @@ class Runner:
             else None
         )
 
-        async def imported_files() -> dict[str, set[str]]:
+        async def imported_files() -> dict[str, list[LedgerEntry]]:
             async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as s:
                 return await repository.imported_files(s, source.id)
 

@@ -163,8 +163,8 @@ class ExtractContext(SourceContext):
     batch_rows: int = 50_000
     progress: Progress = field(default_factory=Progress)
     is_cancelled: Callable[[], bool] = lambda: False
-    # Files already imported for this source: path -> set of sha256 digests.
-    imported_files: Callable[[], Awaitable[dict[str, set[str]]]] | None = None
+    # Files already imported for this source: path -> its ledger entries.
+    imported_files: Callable[[], Awaitable[dict[str, list[LedgerEntry]]]] | None = None
 
     def cancelled(self) -> bool:
         return self.is_cancelled()

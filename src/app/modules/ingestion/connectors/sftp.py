@@ -279,16 +279,24 @@ class SftpConnector:
         ctx: ExtractContext,
         sftp: asyncssh.SFTPClient,
         remote: RemoteFile,
-        imported: dict[str, set[str]],
+        imported: dict[str, list[LedgerEntry]],
     ) -> AsyncIterator[Batch]:
         config: SftpConfig = ctx.config
+        entries = imported.get(remote.path, [])
+        if remote.mtime is not None and any(
+            e.size == remote.size and e.mtime == remote.mtime for e in entries
+        ):
+            # Imported already, and not touched since (same size and modification time):
+            # skipped without reading it again.
+            log.info("sftp.unchanged", run_id=str(ctx.run_id), path=remote.path, by="mtime")
+            return
+        known = {e.sha256 for e in entries}
         ctx.progress.report(stage="reading", item=remote.path)
         gzip_by_name = config.compression == "gzip" or (
             config.compression == "auto" and remote.name.endswith(".gz")
         )
         if config.compression == "auto" and not gzip_by_name:
             gzip_by_name = await self._has_gzip_magic(ctx, sftp, remote)
-        known = imported.get(remote.path)
         digest: str | None = None
         if gzip_by_name or known:
             # First pass: the digest, and whether the file reads to its end.
@@ -297,8 +305,8 @@ class SftpConnector:
             except UnreadableFile as exc:
                 yield self._unreadable(ctx, remote, str(exc))
                 return
-            if known and checked.sha256 in known:
-                log.info("sftp.unchanged", run_id=str(ctx.run_id), path=remote.path)
+            if checked.sha256 in known:
+                log.info("sftp.unchanged", run_id=str(ctx.run_id), path=remote.path, by="sha256")
                 return
             digest = checked.sha256
             gzip_by_name = checked.compressed
