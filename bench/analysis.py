@@ -113,6 +113,7 @@ def _ingestion_notes(r: dict[str, Any]) -> list[str]:
     if _error(g) or not g.get("engine_runs"):
         return []
     notes = []
+    slow: list[str] = []
     bases = g["baseline_runs"]
     for engine in g["engine_runs"]:
         index = engine.get("round", 0)
@@ -133,19 +134,9 @@ def _ingestion_notes(r: dict[str, Any]) -> list[str]:
             and engine["rows_per_s"]
             and engine["rows_per_s"] < 0.5 * base["rows_per_s"]
         ):
-            notes.append(
-                f"- **Ingestion {engine['rows_per_s']:,.0f} rows/s vs COPY "
-                f"{base['rows_per_s']:,.0f} rows/s (target at least half)**. The baseline only "
-                "copies and merges. The engine does the same COPY and merge, and also: "
-                "decompresses and parses the CSV (a worker thread, holding the GIL while it "
-                "parses), validates every row into a canonical event and builds its COPY record "
-                "in Python on the event loop, and, before the file's transaction commits, "
-                "rebuilds the rollups of every day the file touched (hourly totals and daily "
-                "rows for 11 dimensions, each with four HyperLogLog sketches built in Python). "
-                "Measured during development on 300k rows in one transaction (`EventLoad`, "
-                "no parsing): COPY and merge about half the time, the rollup rebuild the other "
-                "half. The Python per-row work and the database's run one after the other (one "
-                "batch at a time): overlapping them is the next step."
+            slow.append(
+                f"{engine['rows_per_s']:,.0f} vs {base['rows_per_s']:,.0f}"
+                f" ({engine.get('variant', '')})"
             )
         if engine["rss_peak_bytes"] >= 300 * 1000 * 1000:
             notes.append(
@@ -156,6 +147,20 @@ def _ingestion_notes(r: dict[str, Any]) -> list[str]:
                 "`batch_rows`, two ahead of the loader), their canonical events and COPY "
                 "records, and the rollup rows fetched 16 at a time while sketching."
             )
+    if slow:
+        notes.append(
+            f"- **Ingestion below half of COPY (rows/s, Pulse vs COPY): {'; '.join(slow)}**. "
+            "The baseline only copies and merges. The engine does the same COPY and merge, "
+            "and also: decompresses and parses the CSV (a worker thread, holding the GIL "
+            "while it parses), validates every row into a canonical event and builds its COPY "
+            "record in Python on the event loop, and, before the file's transaction commits, "
+            "rebuilds the rollups of every day the file touched (hourly totals and daily rows "
+            "for 11 dimensions, each with four HyperLogLog sketches built in Python). "
+            "Measured during development on 300k rows in one transaction (`EventLoad`, no "
+            "parsing): COPY and merge about half the time, the rollup rebuild the other half. "
+            "The Python per-row work and the database's run one after the other (one batch "
+            "at a time): overlapping them is the next step."
+        )
     return notes
 
 
