@@ -606,3 +606,37 @@ async def test_timezone_and_conversion_changes_bypass_stale_rollups(
         assert rebuilt.meta.source == "rollups"
         assert rebuilt.totals == {"events": 1, "conversions": 1}
         assert [r.dimensions["event_name"] for r in rebuilt.rows] == ["signup"]
+
+
+async def test_a_daily_series_counts_each_days_users_and_sessions_exactly(
+    client: httpx.AsyncClient, make_tenant: TenantMaker, load: EventLoader, viewer: dict[str, str]
+) -> None:
+    """A day is one rollup row, which holds its exact distinct counts: no sketch estimate
+    (thousands of users, where a HyperLogLog estimate is typically off by a few)."""
+    await make_tenant("acme", timezone="UTC")
+    per_day = {"2026-03-10": 5000, "2026-03-11": 3100}
+    events = [
+        make_event(f"{day}T{i % 24:02d}:00:00Z", user_id=f"{day}-u{i}", session_id=f"s{i}")
+        for day, users in per_day.items()
+        for i in range(users)
+    ]
+    await load("acme", events)
+    params = {
+        "metrics": "users,sessions",
+        "interval": "day",
+        "date_range": "2026-03-10,2026-03-11",
+    }
+    result = (await client.get(f"{BASE}/timeseries", params=params, headers=viewer)).json()
+    assert result["meta"]["source"] == "rollups"
+    assert [(r["metrics"]["users"], r["metrics"]["sessions"]) for r in result["rows"]] == [
+        (5000, 5000),
+        (3100, 3100),
+    ]
+    # Both days together are a union of sketches again: an estimate within its bound.
+    summary = (
+        await client.get(
+            f"{BASE}/summary", params={"date_range": "2026-03-10,2026-03-11"}, headers=viewer
+        )
+    ).json()
+    bound = summary["meta"]["approximate"]["users"]["relative_error"]
+    assert abs(summary["totals"]["users"] - 8100) <= 8100 * bound

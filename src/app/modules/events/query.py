@@ -104,6 +104,8 @@ RANKABLE: dict[str, str] = {
     "users": "sum(r.users_count)",
     "sessions": "sum(r.sessions_count)",
 }
+# Distinct counts a single rollup row holds exactly (its bucket's own count).
+_EXACT_COLUMNS = {"users": "users_exact", "sessions": "sessions_exact"}
 _SKETCH_COLUMNS = {
     "users": "users_hll",
     "sessions": "sessions_hll",
@@ -345,10 +347,17 @@ async def _from_rollups(
             coalesce(sum(r.conversions), 0) AS conversions,
             coalesce(sum(r.engagement_msec), 0) AS engagement_msec,
             coalesce(sum(r.revenue), 0) AS revenue"""
-    sketches = "".join(
-        f", array_agg(r.{column}) FILTER (WHERE r.{column} IS NOT NULL) AS {name}"
-        for name, column in _SKETCH_COLUMNS.items()
-        if name in spec.needs
+    # A group of one rollup row (a day of a daily series, say) has its exact distinct
+    # users and sessions in the row: no sketch to send, decode or merge for those.
+    sketches = (
+        ", count(*) AS rollup_rows, sum(r.users_count) AS users_exact,"
+        " sum(r.sessions_count) AS sessions_exact"
+        + "".join(
+            f", CASE WHEN {'count(*) > 1' if name in _EXACT_COLUMNS else 'true'}"
+            f" THEN array_agg(r.{column}) FILTER (WHERE r.{column} IS NOT NULL) END AS {name}"
+            for name, column in _SKETCH_COLUMNS.items()
+            if name in spec.needs
+        )
     )
     top = spec.top if n == 1 and dim_name and spec.group_by == (dim_name,) else None
     if top is not None and top.rank in RANKABLE:
@@ -402,6 +411,10 @@ async def _from_rollups(
 
     def build(row: Any) -> tuple[GroupKey, Aggregates]:
         distinct = {name: merge_sketches(row.get(name) or ()) for name in _SKETCH_COLUMNS}
+        if row.get("rollup_rows") == 1:
+            for name, column in _EXACT_COLUMNS.items():
+                if name in spec.needs:
+                    distinct[name] = exact(int(row[column]))
         return tuple(row[f"g{i}"] for i in range(n)), Aggregates(
             events=int(row["events"]),
             pageviews=int(row["pageviews"]),
