@@ -9,7 +9,8 @@ import httpx
 import msgspec
 import pytest
 from litestar import Litestar, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,7 +66,9 @@ async def test_copy_rows_roll_back_with_the_transaction(db: Database) -> None:
 
 def _probe_app(db: Database) -> Litestar:
     @post("/probe/{outcome:str}")
-    async def probe(outcome: str, db_session: AsyncSession) -> dict[str, str]:
+    async def probe(
+        outcome: FromPath[str], db_session: NamedDependency[AsyncSession]
+    ) -> dict[str, str]:
         await db_session.execute(text("INSERT INTO copy_probe (id) VALUES (42)"))
         if outcome == "invalid":
             raise Invalid("nope", field="outcome")
