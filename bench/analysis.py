@@ -54,9 +54,16 @@ def _dashboard_notes(r: dict[str, Any]) -> list[str]:
             if c["p99"] > target:
                 parts.append(
                     "- so PostgreSQL alone on this machine (100 tasks sharing 20 connections) "
-                    "already misses the target: the queries (or the machine) are the bound, "
-                    "not the HTTP layer."
+                    "already misses the target with these statements."
                 )
+                pulse_rps = by[top]["rps"]
+                if c["rps"] > 2 * pulse_rps:
+                    parts.append(
+                        f"Pulse served {pulse_rps / c['rps']:.2f} of the ceiling's throughput: "
+                        "the rest is Pulse's own work per request on one event loop (merging "
+                        "the HyperLogLog sketches of every bucket in range, shaping the "
+                        "result, HTTP and auth), which the ceiling skips."
+                    )
             else:
                 parts.append(
                     "- so the database can meet it and the gap is in Pulse's process (Python "
