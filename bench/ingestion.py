@@ -23,6 +23,7 @@ import gzip
 import io
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -33,12 +34,12 @@ from typing import Any
 
 import httpx
 
+from app.dev.sftp import DevSftp, DevSftpThread
 from bench.database import DATA_ROOT, Dataset
 from bench.issuer import Issuer
 from bench.metrics import lag_between, scrape_lag
 from bench.profiles import Profile
 from bench.servers import Server, pulse
-from bench.sftp_server import SftpServer
 
 INGEST_SEED = 4242
 SESSIONS_PER_DAY = 13_000  # about 100k rows a day
@@ -151,7 +152,7 @@ def run_seconds(run: dict[str, Any]) -> float:
     return (finished - started).total_seconds()
 
 
-def sftp_source(endpoint: Any, remote_dir: str) -> dict[str, Any]:
+def sftp_source(endpoint: DevSftp, remote_dir: str) -> dict[str, Any]:
     return {
         "kind": "sftp",
         "name": f"bench {remote_dir}",
@@ -159,7 +160,7 @@ def sftp_source(endpoint: Any, remote_dir: str) -> dict[str, Any]:
             "host": endpoint.host,
             "port": endpoint.port,
             "username": endpoint.username,
-            "host_key": endpoint.host_key,
+            "host_key": endpoint.host_key_fingerprint,
             "remote_dir": remote_dir,
             "pattern": "*.csv.gz",
             "settle_s": 0,
@@ -213,7 +214,10 @@ def import_once(
     if target.exists():  # a directory left by an earlier run may hold another file
         target.unlink()
     os.link(gz_path, target)
-    server_sftp = SftpServer(sftp_root) if use_sftp else None
+    # The development SFTP server (asyncssh on its own thread and loop), password auth.
+    host_key = DATA_ROOT / "ssh_host_ed25519_key"
+    password = secrets.token_urlsafe(12)
+    server_sftp = DevSftpThread(sftp_root, host_key, "bench", password) if use_sftp else None
     endpoint = server_sftp.start() if server_sftp else None
     operator = issuer.token([tenant_id], role="operator")
     admin = issuer.token([tenant_id], role="admin")
