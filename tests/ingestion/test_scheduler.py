@@ -153,3 +153,20 @@ async def test_created_source_does_not_catch_up_on_past_slots(ingest: IngestKit)
     await ingest.tenant()
     await ingest.source(schedule=schemas.Schedule(cron="0 0 1 1 *"))
     assert await Scheduler(ingest.db, ingest.settings).tick() == 0
+
+
+async def test_due_sources_carry_their_own_tenants_timezone(ingest: IngestKit) -> None:
+    from app.modules.ingestion.scheduler import _due_sources
+
+    await ingest.tenant("tokyo", timezone="Asia/Tokyo")
+    await ingest.tenant("berlin", timezone="Europe/Berlin")
+    hourly = schemas.Schedule(cron="0 * * * *")
+    made = {
+        (await ingest.source(tenant_id=tenant, schedule=hourly)).id: zone
+        for tenant, zone in (("tokyo", "Asia/Tokyo"), ("berlin", "Europe/Berlin"))
+    }
+    made[(await ingest.source(tenant_id="tokyo", schedule=hourly)).id] = "Asia/Tokyo"
+    await ingest.source(tenant_id="berlin")  # no schedule: not listed
+    async with ingest.db.session() as session:
+        due = await _due_sources(session)
+    assert {s.id: s.timezone for s in due} == made

@@ -29,7 +29,7 @@ from app.core.db import Database
 from app.core.settings import Settings
 from app.modules.ingestion.connectors import get_connector
 from app.modules.ingestion.timezones import zone
-from app.modules.tenants import get_tenant_config
+from app.modules.tenants import tenant_timezones
 
 log = structlog.get_logger("app.ingestion.scheduler")
 
@@ -88,13 +88,14 @@ async def _due_sources(session: AsyncSession) -> list[ScheduledSource]:
             """
         )
     )
-    timezones: dict[str, str] = {}
-    sources: list[ScheduledSource] = []
-    for r in rows.all():
-        if r.tenant_id not in timezones:
-            timezones[r.tenant_id] = (await get_tenant_config(session, r.tenant_id)).timezone
-        sources.append(ScheduledSource(**r._asdict(), timezone=timezones[r.tenant_id]))
-    return sources
+    found = rows.all()
+    timezones = await tenant_timezones(session, (r.tenant_id for r in found))
+    # A tenant deleted since the first query has no timezone left: its sources go with it.
+    return [
+        ScheduledSource(**r._asdict(), timezone=timezones[r.tenant_id])
+        for r in found
+        if r.tenant_id in timezones
+    ]
 
 
 async def schedule_slot(

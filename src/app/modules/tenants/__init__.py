@@ -2,7 +2,8 @@
 
 Public interface (sessions are passed in, the caller commits):
 ``create_tenant``, ``get_tenant``, ``list_tenants``, ``update_tenant``, ``delete_tenant``,
-``tenant_exists``, ``get_tenant_config`` (timezone + conversion events), ``load_zone``,
+``tenant_exists``, ``get_tenant_config`` (timezone + conversion events),
+``tenant_timezones`` (many tenants in one query), ``load_zone``,
 schemas ``Tenant``, ``TenantCreate``, ``TenantUpdate``, ``TenantSettings``, ``TenantConfig``.
 
 Tenant-owned tables elsewhere reference ``tenants.id`` with ``ON DELETE CASCADE``.
@@ -29,6 +30,7 @@ from app.modules.tenants.service import (
     list_tenants,
     load_zone,
     tenant_exists,
+    tenant_timezones,
     update_tenant,
     validate_timezone,
 )
@@ -51,6 +53,7 @@ __all__ = [
     "load_zone",
     "module",
     "tenant_exists",
+    "tenant_timezones",
     "update_tenant",
     "validate_timezone",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import zoneinfo
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -169,6 +170,15 @@ async def delete_tenant(session: AsyncSession, tenant_id: str) -> None:
 async def tenant_exists(session: AsyncSession, tenant_id: str) -> bool:
     statement = select(models.Tenant.id).where(models.Tenant.id == tenant_id)
     return (await session.execute(statement)).scalar_one_or_none() is not None
+
+
+async def tenant_timezones(session: AsyncSession, tenant_ids: Iterable[str]) -> dict[str, str]:
+    """The timezone of each existing tenant among ``tenant_ids``, in one query."""
+    ids = sorted(set(tenant_ids))
+    if not ids:
+        return {}
+    statement = select(models.Tenant.id, models.Tenant.timezone).where(models.Tenant.id.in_(ids))
+    return {row.id: row.timezone for row in await session.execute(statement)}
 
 
 async def get_tenant_config(session: AsyncSession, tenant_id: str) -> TenantConfig:
