@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 
-import datasketches
+import datasketches  # type: ignore[import-untyped]
 
 from app.modules.events.rollups import LG_K, merge_sketches
 from app.modules.events.sketches_merge import merge_blobs

@@ -21,8 +21,9 @@ bound parameter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -36,8 +37,8 @@ from app.modules.events.rollups import (
     DistinctCount,
     exact,
     in_slices,
-    merge_sketches,
 )
+from app.modules.events.sketches_merge import merge_blobs
 
 # Dimension name -> rollup dimension id (0 is the "all events" total).
 DIMENSIONS: dict[str, int] = {
@@ -193,15 +194,6 @@ def uses_rollups(spec: AggregateSpec) -> bool:
     return rollup_plan(spec) is not None
 
 
-async def aggregate(session: AsyncSession, spec: AggregateSpec) -> AggregateResult:
-    """Aggregate the tenant's events for ``spec`` from rollups when possible."""
-    plan = rollup_plan(spec)
-    if plan is not None:
-        groups, total = await _from_rollups(session, spec, *plan)
-        return AggregateResult(groups, "rollups", total)
-    return AggregateResult(await _from_events(session, spec), "events")
-
-
 # --- shared SQL pieces --------------------------------------------------------------
 
 
@@ -256,177 +248,351 @@ def _params(spec: AggregateSpec) -> dict[str, Any]:
     }
 
 
-# --- raw events: exact ----------------------------------------------------------------
+_BIND = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
-async def _from_events(session: AsyncSession, spec: AggregateSpec) -> dict[GroupKey, Aggregates]:
+def _prefixed(sql: str, params: dict[str, Any], prefix: str) -> tuple[str, dict[str, Any]]:
+    """Give one part's bind parameters names of their own within a shared statement."""
+    return _BIND.sub(rf":{prefix}\1", sql), {f"{prefix}{k}": v for k, v in params.items()}
+
+
+def _group_type(key: str) -> str:
+    grain = time_grain(key)
+    if grain is None:
+        return "text"
+    return "timestamptz" if grain == "hour" else "date"
+
+
+# --- one statement per widget -----------------------------------------------------------
+#
+# A widget asks for several aggregations at once: its groups, the totals, and the same
+# for a comparison period. Each is a *part*; all parts go to PostgreSQL as one statement
+# (CTEs plus UNION ALL, every row tagged with its part), so a widget costs one round
+# trip whatever it shows. Every part returns the same columns: group keys, additive
+# sums, exact distinct counts (raw events) or sketch arrays (rollups), the number of
+# rollup rows merged and, for a ranked part, the number of groups before the cut.
+
+_SUMS = ("events", "pageviews", "new_users", "conversions", "engagement_msec")
+_EXACT_DISTINCT_NULLS = "".join(f", NULL::bigint AS {name}" for name in DISTINCT)
+_ROLLUP_NULLS = (
+    ", NULL::bigint AS rollup_rows, NULL::bigint AS users_exact, NULL::bigint AS sessions_exact"
+    + "".join(f", NULL::bytea[] AS {name}_hll" for name in _SKETCH_COLUMNS)
+)
+
+
+@dataclass
+class _Part:
+    """One part of a widget's statement, as SQL pieces."""
+
+    ctes: list[str]
+    select: str
+    params: dict[str, Any]
+    source: Literal["rollups", "events"]
+
+
+def _group_columns(
+    groups: Sequence[str], width: int, types: Sequence[str], prefix: str = ""
+) -> str:
+    """``g0, g1, ...`` padded with typed NULLs to the statement's width."""
+    return "".join(
+        f"{prefix}g{k}" + ", " if k < len(groups) else f"NULL::{types[k]} AS g{k}, "
+        for k in range(width)
+    )
+
+
+def _events_part(
+    spec: AggregateSpec, tag: str, totals_tag: str | None, width: int, types: Sequence[str]
+) -> _Part:
+    """Exact aggregates from raw events; with ``totals_tag`` the totals ride along as a
+    second grouping set of the same scan."""
     params = _params(spec)
     value_sql = {name: dimension_sql(name, "e.") for name in DIMENSIONS}
     groups = [_group_sql(k, "e.occurred_at", value_sql.get(k, "")) for k in spec.group_by]
-    select_groups = "".join(f"{g} AS g{i}, " for i, g in enumerate(groups))
-    group_clause = f"GROUP BY {', '.join(f'g{i}' for i in range(len(groups)))}" if groups else ""
     where = _filter_sql(spec.filters, params, value_sql)
-    sql = f"""
-        WITH matched AS (
-            SELECT e.*
+    keys = ", ".join(f"m.g{k}" for k in range(len(groups)))
+    if totals_tag is not None:
+        part = f"CASE WHEN GROUPING({keys}) = 0 THEN {tag} ELSE {totals_tag} END"
+        group_clause = f"GROUP BY GROUPING SETS (({keys}), ())"
+    else:
+        part = tag
+        group_clause = f"GROUP BY {keys}" if groups else ""
+    name = f"ev{tag}"
+    ctes = [
+        f"""{name}_m AS (
+            SELECT {"".join(f"{g} AS g{k}, " for k, g in enumerate(groups))}
+                e.user_id, e.session_id, e.event_name, e.engagement_time_msec, e.revenue
             FROM events e
             WHERE e.tenant_id = :tenant_id AND e.occurred_at >= :start AND e.occurred_at < :end
             {where}
-        ),
-        engaged AS (
+        )""",
+        f"""{name}_g AS (
             SELECT s.user_id, s.session_id
             FROM events s
             WHERE s.tenant_id = :tenant_id
               AND (s.user_id, s.session_id) IN (
-                  SELECT DISTINCT user_id, session_id FROM matched
+                  SELECT DISTINCT user_id, session_id FROM {name}_m
                   WHERE user_id IS NOT NULL AND session_id IS NOT NULL)
             GROUP BY s.user_id, s.session_id
             HAVING coalesce(bool_or(s.session_engaged), false)
                 OR coalesce(sum(s.engagement_time_msec), 0) >= {ENGAGED_MIN_MSEC}
                 OR count(*) FILTER (WHERE s.event_name = '{PAGE_VIEW}') >= {ENGAGED_MIN_PAGEVIEWS}
                 OR bool_or(s.event_name = ANY(:conversions))
-        )
-        SELECT {select_groups}
-            count(*) AS events,
-            count(*) FILTER (WHERE e.event_name = '{PAGE_VIEW}') AS pageviews,
-            count(*) FILTER (WHERE e.event_name = '{FIRST_VISIT}') AS new_users,
-            count(*) FILTER (WHERE e.event_name = ANY(:conversions)) AS conversions,
-            coalesce(sum(e.engagement_time_msec), 0) AS engagement_msec,
-            coalesce(sum(e.revenue), 0) AS revenue,
-            count(DISTINCT e.user_id) AS users,
-            count(DISTINCT (e.user_id, e.session_id))
-                FILTER (WHERE e.user_id IS NOT NULL AND e.session_id IS NOT NULL) AS sessions,
-            count(DISTINCT (e.user_id, e.session_id))
-                FILTER (WHERE g.user_id IS NOT NULL) AS engaged_sessions,
-            count(DISTINCT (e.user_id, e.session_id))
-                FILTER (WHERE e.user_id IS NOT NULL AND e.session_id IS NOT NULL
-                        AND e.event_name = ANY(:conversions)) AS converting_sessions
-        FROM matched e
-        LEFT JOIN engaged g ON g.user_id = e.user_id AND g.session_id = e.session_id
+        )""",
+    ]
+    select = f"""
+        SELECT {part} AS part, {_group_columns(spec.group_by, width, types, "m.")}
+            count(*)::bigint AS events,
+            count(*) FILTER (WHERE m.event_name = '{PAGE_VIEW}')::bigint AS pageviews,
+            count(*) FILTER (WHERE m.event_name = '{FIRST_VISIT}')::bigint AS new_users,
+            count(*) FILTER (WHERE m.event_name = ANY(:conversions))::bigint AS conversions,
+            coalesce(sum(m.engagement_time_msec), 0)::bigint AS engagement_msec,
+            coalesce(sum(m.revenue), 0)::numeric AS revenue,
+            count(DISTINCT m.user_id)::bigint AS users,
+            count(DISTINCT (m.user_id, m.session_id))
+                FILTER (WHERE m.user_id IS NOT NULL AND m.session_id IS NOT NULL)::bigint
+                AS sessions,
+            count(DISTINCT (m.user_id, m.session_id))
+                FILTER (WHERE g.user_id IS NOT NULL)::bigint AS engaged_sessions,
+            count(DISTINCT (m.user_id, m.session_id))
+                FILTER (WHERE m.user_id IS NOT NULL AND m.session_id IS NOT NULL
+                        AND m.event_name = ANY(:conversions))::bigint AS converting_sessions
+            {_ROLLUP_NULLS}, NULL::bigint AS total_groups
+        FROM {name}_m m
+        LEFT JOIN {name}_g g ON g.user_id = m.user_id AND g.session_id = m.session_id
         {group_clause}
     """
-    result = await session.execute(text(sql), params)
-    out: dict[GroupKey, Aggregates] = {}
-    n = len(groups)
-    for row in result.all():
-        out[tuple(row[:n])] = Aggregates(
-            events=row.events,
-            pageviews=row.pageviews,
-            new_users=row.new_users,
-            conversions=row.conversions,
-            engagement_msec=int(row.engagement_msec),
-            revenue=Decimal(row.revenue),
-            users=exact(row.users),
-            sessions=exact(row.sessions),
-            engaged_sessions=exact(row.engaged_sessions),
-            converting_sessions=exact(row.converting_sessions),
+    return _Part(ctes, select, params, "events")
+
+
+def _rollup_sums(alias: str = "r") -> str:
+    return "".join(f"coalesce(sum({alias}.{name}), 0)::bigint AS {name}, " for name in _SUMS) + (
+        f"coalesce(sum({alias}.revenue), 0)::numeric AS revenue"
+    )
+
+
+def _rollup_sketches(spec: AggregateSpec) -> str:
+    # A group of one rollup row (a day of a daily series, say) has its exact distinct
+    # users and sessions in the row: no sketch to send, decode or merge for those.
+    # Only the distinct counts the widget's metrics need travel at all.
+    return (
+        "count(*) AS rollup_rows, sum(r.users_count)::bigint AS users_exact,"
+        " sum(r.sessions_count)::bigint AS sessions_exact"
+        + "".join(
+            (
+                f", CASE WHEN {'count(*) > 1' if name in _EXACT_COLUMNS else 'true'}"
+                f" THEN array_agg(r.{column}) FILTER (WHERE r.{column} IS NOT NULL) END"
+                if name in spec.needs
+                else ", NULL::bytea[]"
+            )
+            + f" AS {name}_hll"
+            for name, column in _SKETCH_COLUMNS.items()
         )
-    return out
+    )
 
 
-# --- hourly rollups: additive sums plus merged sketches -------------------------------
-
-
-async def _from_rollups(
-    session: AsyncSession, spec: AggregateSpec, grain: int, dim_name: str | None
-) -> tuple[dict[GroupKey, Aggregates], int | None]:
+def _rollup_part(
+    spec: AggregateSpec,
+    plan: tuple[int, str | None],
+    tag: str,
+    width: int,
+    types: Sequence[str],
+    within: str | None,
+) -> _Part:
+    """Sums and sketch arrays from the rollups. A ranked part (``spec.top``) ranks the
+    groups by an exact sum in SQL and fetches sketches for the winners only; ``within``
+    names another part's winners that limit this part's groups."""
+    grain, dim_name = plan
     params = _params(spec)
     params["grain"] = grain
     params["dim"] = DIMENSIONS[dim_name] if dim_name else TOTAL_DIMENSION
     value_sql = dict.fromkeys(DIMENSIONS, "r.value")
     groups = [_group_sql(k, "r.bucket", "r.value") for k in spec.group_by]
-    n = len(groups)
     where = (
         "r.tenant_id = :tenant_id AND r.grain = :grain AND r.dim = :dim"
         " AND r.bucket >= :start AND r.bucket < :end"
     ) + _filter_sql(spec.filters, params, value_sql)
-    sums = """
-            coalesce(sum(r.events), 0) AS events,
-            coalesce(sum(r.pageviews), 0) AS pageviews,
-            coalesce(sum(r.new_users), 0) AS new_users,
-            coalesce(sum(r.conversions), 0) AS conversions,
-            coalesce(sum(r.engagement_msec), 0) AS engagement_msec,
-            coalesce(sum(r.revenue), 0) AS revenue"""
-    # A group of one rollup row (a day of a daily series, say) has its exact distinct
-    # users and sessions in the row: no sketch to send, decode or merge for those.
-    sketches = (
-        ", count(*) AS rollup_rows, sum(r.users_count) AS users_exact,"
-        " sum(r.sessions_count) AS sessions_exact"
-        + "".join(
-            f", CASE WHEN {'count(*) > 1' if name in _EXACT_COLUMNS else 'true'}"
-            f" THEN array_agg(r.{column}) FILTER (WHERE r.{column} IS NOT NULL) END AS {name}"
-            for name, column in _SKETCH_COLUMNS.items()
-            if name in spec.needs
-        )
-    )
-    top = spec.top if n == 1 and dim_name and spec.group_by == (dim_name,) else None
-    if top is not None and top.rank in RANKABLE:
-        # Rank on the sums alone, then fetch sketches for the winners only.
+    top = _ranked(spec, dim_name)
+    if top is not None:
         params["top_n"] = top.n
         direction = "DESC" if top.descending else "ASC"
-        ranked = (
-            (
-                await session.execute(
-                    text(
-                        f"""
-                        SELECT r.value AS g0, {sums},
-                            {RANKABLE[top.rank]} AS rank, count(*) OVER () AS total_groups
-                        FROM stats_rollups r WHERE {where}
-                        GROUP BY r.value
-                        ORDER BY rank {direction}, r.value ASC
-                        LIMIT :top_n
-                        """
-                    ),
-                    params,
-                )
-            )
-            .mappings()
-            .all()
-        )
-        sketch_rows: dict[str, Any] = {}
-        if ranked and sketches:
-            params["winners"] = [row["g0"] for row in ranked]
-            found = await session.execute(
-                text(
-                    f"SELECT r.value AS g0 {sketches} FROM stats_rollups r"
-                    f" WHERE {where} AND r.value = ANY(:winners) GROUP BY r.value"
-                ),
-                params,
-            )
-            sketch_rows = {row["g0"]: row for row in found.mappings().all()}
-        rows: Sequence[Any] = [{**row, **(sketch_rows.get(row["g0"]) or {})} for row in ranked]
-    else:
-        top = None
-        select_groups = "".join(f"{g} AS g{i}, " for i, g in enumerate(groups))
-        group_clause = f"GROUP BY {', '.join(f'g{i}' for i in range(n))}" if groups else ""
-        sql = f"""
-            SELECT {select_groups} {sums} {sketches}
+        ranked = f"rk{tag}"
+        cte = f"""{ranked} AS (
+            SELECT r.value AS g0, {_rollup_sums()},
+                {RANKABLE[top.rank]} AS rank, count(*) OVER () AS total_groups
             FROM stats_rollups r WHERE {where}
-            {group_clause}
+            GROUP BY r.value
+            ORDER BY rank {direction}, r.value ASC
+            LIMIT :top_n
+        )"""
+        select = f"""
+            SELECT {tag} AS part, {_group_columns(spec.group_by, width, types, "k.")}
+                {", ".join(f"k.{name}" for name in (*_SUMS, "revenue"))}
+                {_EXACT_DISTINCT_NULLS},
+                s.rollup_rows, s.users_exact, s.sessions_exact,
+                {", ".join(f"s.{name}_hll" for name in _SKETCH_COLUMNS)},
+                k.total_groups
+            FROM {ranked} k
+            CROSS JOIN LATERAL (
+                SELECT {_rollup_sketches(spec)} FROM stats_rollups r
+                WHERE {where} AND r.value = k.g0
+            ) s
         """
-        rows = (await session.execute(text(sql), params)).mappings().all()
-    if not groups and rows and rows[0]["events"] == 0:
-        return {}, None
-    total_groups = (int(rows[0]["total_groups"]) if rows else 0) if top is not None else None
+        return _Part([cte], select, params, "rollups")
+    if within is not None:
+        where += f" AND r.value IN (SELECT w.g0 FROM {within} w)"
+    select_groups = "".join(f"{g} AS g{k}, " for k, g in enumerate(groups))
+    padding = "".join(f"NULL::{types[k]} AS g{k}, " for k in range(len(groups), width))
+    group_clause = f"GROUP BY {', '.join(f'g{k}' for k in range(len(groups)))}" if groups else ""
+    select = f"""
+        SELECT {tag} AS part, {select_groups}{padding} {_rollup_sums()}
+            {_EXACT_DISTINCT_NULLS}, {_rollup_sketches(spec)}, NULL::bigint AS total_groups
+        FROM stats_rollups r WHERE {where}
+        {group_clause}
+    """
+    return _Part([], select, params, "rollups")
 
-    def build(row: Any) -> tuple[GroupKey, Aggregates]:
-        distinct = {name: merge_sketches(row.get(name) or ()) for name in _SKETCH_COLUMNS}
-        if row.get("rollup_rows") == 1:
-            for name, column in _EXACT_COLUMNS.items():
-                if name in spec.needs:
-                    distinct[name] = exact(int(row[column]))
-        return tuple(row[f"g{i}"] for i in range(n)), Aggregates(
-            events=int(row["events"]),
-            pageviews=int(row["pageviews"]),
-            new_users=int(row["new_users"]),
-            conversions=int(row["conversions"]),
-            engagement_msec=int(row["engagement_msec"]),
-            revenue=Decimal(row["revenue"]),
-            users=distinct["users"],
-            sessions=distinct["sessions"],
-            engaged_sessions=distinct["engaged_sessions"],
-            converting_sessions=distinct["converting_sessions"],
-        )
 
+def _ranked(spec: AggregateSpec, dim_name: str | None) -> TopN | None:
+    """The top-N cut of a part that ranks one plain dimension by an exact sum."""
+    top = spec.top
+    if top is None or top.rank not in RANKABLE or not dim_name or spec.group_by != (dim_name,):
+        return None
+    return top
+
+
+def _totals_companion(specs: Sequence[AggregateSpec], i: int) -> int | None:
+    """A later raw-events part holding the totals of part ``i``'s very scan, if any."""
+    spec = specs[i]
+    if not spec.group_by or rollup_plan(spec) is not None:
+        return None
+    for j in range(i + 1, len(specs)):
+        other = specs[j]
+        if other.group_by or rollup_plan(other) is not None:
+            continue
+        if replace(spec, group_by=(), top=None, needs=other.needs) == other:
+            return j
+    return None
+
+
+def _column_types(specs: Sequence[AggregateSpec]) -> list[str]:
+    types: list[str] = []
+    for spec in specs:
+        for k, key in enumerate(spec.group_by):
+            kind = _group_type(key)
+            if k == len(types):
+                types.append(kind)
+            elif types[k] != kind:
+                raise ValueError("the parts of one statement group by keys of other types")
+    return types
+
+
+async def aggregate_all(
+    session: AsyncSession,
+    specs: Sequence[AggregateSpec],
+    *,
+    within: Mapping[int, int] | None = None,
+) -> list[AggregateResult]:
+    """Aggregate every spec in ONE statement, from rollups where they cover it.
+
+    ``within`` maps a part to a ranked part (one with ``top``) on the same dimension:
+    its groups are limited to the groups the ranked part returns (a comparison period
+    needs figures only for the rows shown).
+    """
+    types = _column_types(specs)
+    width = len(types)
+    plans = [rollup_plan(spec) for spec in specs]
+    parts: dict[int, _Part] = {}
+    riding: set[int] = set()
+    for i, spec in enumerate(specs):
+        if i in riding:
+            continue
+        plan = plans[i]
+        if plan is None:
+            companion = _totals_companion(specs, i)
+            if companion is not None and companion not in parts:
+                riding.add(companion)
+            else:
+                companion = None
+            tag = str(i)
+            parts[i] = _events_part(
+                spec, tag, str(companion) if companion is not None else None, width, types
+            )
+            continue
+        ranked_by = (within or {}).get(i)
+        limit_to = None
+        if ranked_by is not None:
+            other = specs[ranked_by]
+            other_plan = plans[ranked_by]
+            if (
+                other_plan is not None
+                and _ranked(other, other_plan[1]) is not None
+                and plan == other_plan
+                and spec.group_by == other.group_by
+            ):
+                limit_to = f"rk{ranked_by}"
+        parts[i] = _rollup_part(spec, plan, str(i), width, types, limit_to)
+    ctes: list[str] = []
+    selects: list[str] = []
+    params: dict[str, Any] = {}
+    for i, part in sorted(parts.items()):
+        prefix = f"p{i}_"
+        for cte in part.ctes:
+            sql, bound = _prefixed(cte, part.params, prefix)
+            ctes.append(sql)
+            params.update(bound)
+        sql, bound = _prefixed(part.select, part.params, prefix)
+        selects.append(f"({sql})")
+        params.update(bound)
+    statement = ("WITH " + ",\n".join(ctes) + "\n" if ctes else "") + "\nUNION ALL\n".join(selects)
+    rows = (await session.execute(text(statement), params)).mappings().all()
     # Merging runs on the loop in short slices (threads would contend for the GIL).
-    return dict(await in_slices(rows, build)), total_groups
+    built = await in_slices(rows, lambda row: (row["part"], *_build(row, width, specs)))
+    results = [AggregateResult({}, "rollups" if plan is not None else "events") for plan in plans]
+    for part_index, key, agg, total_groups in built:
+        result = results[part_index]
+        result.groups[key[: len(specs[part_index].group_by)]] = agg
+        if total_groups is not None:
+            result.total_groups = int(total_groups)
+    for spec, plan, result in zip(specs, plans, results, strict=True):
+        if plan is None:
+            continue
+        if _ranked(spec, plan[1]) is not None:
+            result.total_groups = result.total_groups or 0
+        if not spec.group_by:
+            total = result.groups.get(())
+            if total is not None and total.events == 0:
+                result.groups = {}
+    return results
+
+
+def _build(
+    row: Any, width: int, specs: Sequence[AggregateSpec]
+) -> tuple[GroupKey, Aggregates, int | None]:
+    key = tuple(row[f"g{k}"] for k in range(width))
+    if row["users"] is not None:
+        distinct = {name: exact(int(row[name])) for name in DISTINCT}
+    else:
+        needs = specs[row["part"]].needs
+        distinct = {name: merge_blobs(row[f"{name}_hll"]) for name in _SKETCH_COLUMNS}
+        if row["rollup_rows"] == 1:
+            for name, column in _EXACT_COLUMNS.items():
+                if name in needs:
+                    distinct[name] = exact(int(row[column]))
+    agg = Aggregates(
+        events=int(row["events"]),
+        pageviews=int(row["pageviews"]),
+        new_users=int(row["new_users"]),
+        conversions=int(row["conversions"]),
+        engagement_msec=int(row["engagement_msec"]),
+        revenue=Decimal(row["revenue"]),
+        users=distinct["users"],
+        sessions=distinct["sessions"],
+        engaged_sessions=distinct["engaged_sessions"],
+        converting_sessions=distinct["converting_sessions"],
+    )
+    return key, agg, row["total_groups"]
+
+
+async def aggregate(session: AsyncSession, spec: AggregateSpec) -> AggregateResult:
+    """Aggregate the tenant's events for ``spec`` from rollups when possible."""
+    return (await aggregate_all(session, [spec]))[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-import datasketches
+import datasketches  # type: ignore[import-untyped]
 
 from app.modules.events.rollups import LG_K, NUM_STD_DEV, DistinctCount, exact
 
