@@ -7,7 +7,8 @@ request is sent at its scheduled instant whether or not the user's previous answ
 came back (open loop), and its latency is measured from that *intended* send time, so
 a server (or client) that falls behind shows up in the percentiles instead of quietly
 slowing the load down (no coordinated omission). ``hey -q`` and ``wrk`` close the loop
-or send in bursts; this client keeps its own schedule.
+or send in bursts; this client keeps its own schedule, on a lean keep-alive HTTP/1.1
+client (run it under uvloop: ``uvloop.run(paced_users(...))``).
 
 :func:`paced_users` is reusable (the isolation benchmark runs it beside imports).
 """
@@ -20,8 +21,7 @@ import time
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from bench.load import percentile
 
@@ -48,6 +48,65 @@ def _widget_of(path: str) -> str:
     return next((name for name, query in PAGE_WIDGETS.items() if query in path), "other")
 
 
+class _Client:
+    """A lean HTTP/1.1 keep-alive client (GET only, Content-Length bodies).
+
+    httpx spends about a millisecond of Python per request; at 100 requests a second on
+    two shared cores that made the *client* late by seconds. Connections are reused
+    LIFO; a reused connection the server closed meanwhile is retried once on a new one.
+    """
+
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        parsed = urlsplit(base_url)
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 80
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.tail = f" HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}\r\n".encode()
+        self.free: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, path: str) -> int:
+        if self.free:
+            try:
+                return await self._exchange(self.free.pop(), path)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass  # closed by the server while idle: once more on a new connection
+        return await self._exchange(await asyncio.open_connection(self.host, self.port), path)
+
+    async def _exchange(
+        self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], path: str
+    ) -> int:
+        reader, writer = conn
+        try:
+            writer.write(b"GET " + path.encode() + self.tail)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = None
+            close = False
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+            if length is None:
+                raise RuntimeError("response without Content-Length")
+            await reader.readexactly(length)
+        except BaseException:
+            writer.close()
+            raise
+        if close:
+            writer.close()
+        else:
+            self.free.append(conn)
+        return status
+
+    def close(self) -> None:
+        for _, writer in self.free:
+            writer.close()
+        self.free.clear()
+
+
 async def paced_users(
     base_url: str,
     tenant: str,
@@ -71,54 +130,54 @@ async def paced_users(
     """
     chosen = list(paths) if paths else page_paths(tenant, windows)
     rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=users * 2, max_keepalive_connections=users * 2)
+    client = _Client(base_url, {"Authorization": f"Bearer {token}"})
     latencies: list[tuple[str, float]] = []
     lateness: list[float] = []
     errors: dict[str, int] = {}
     sent = 0
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, limits=limits, timeout=timeout_s
-    ) as client:
-        tasks: set[asyncio.Task[None]] = set()
+    tasks: set[asyncio.Task[None]] = set()
 
-        async def one(path: str, intended: float) -> None:
-            try:
-                response = await client.get(path)
-                kind = None if response.status_code == 200 else f"status {response.status_code}"
-            except httpx.TimeoutException:
-                kind = "timeout"
-            except httpx.HTTPError as exc:
-                kind = type(exc).__name__
-            if kind is None:
-                latencies.append((path, time.perf_counter() - intended))
-            else:
-                errors[kind] = errors.get(kind, 0) + 1
+    async def one(path: str, intended: float) -> None:
+        kind: str | None
+        try:
+            async with asyncio.timeout(timeout_s):
+                status = await client.get(path)
+            kind = None if status == 200 else f"status {status}"
+        except TimeoutError:
+            kind = "timeout"
+        except (OSError, asyncio.IncompleteReadError, RuntimeError, ValueError) as exc:
+            kind = type(exc).__name__
+        if kind is None:
+            latencies.append((path, time.perf_counter() - intended))
+        else:
+            errors[kind] = errors.get(kind, 0) + 1
 
-        async def user(index: int, start: float) -> None:
-            nonlocal sent
-            phase = rng.random() * interval_s
-            k = 0
-            while True:
-                intended = start + phase + k * interval_s
-                if intended - start >= seconds:
-                    return
-                delay = intended - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                lateness.append(max(0.0, time.perf_counter() - intended))
-                path = chosen[(index + k) % len(chosen)]
-                task = asyncio.create_task(one(path, intended))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                sent += 1
-                k += 1
+    async def user(index: int, start: float) -> None:
+        nonlocal sent
+        phase = rng.random() * interval_s
+        k = 0
+        while True:
+            intended = start + phase + k * interval_s
+            if intended - start >= seconds:
+                return
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lateness.append(max(0.0, time.perf_counter() - intended))
+            task = asyncio.create_task(one(chosen[(index + k) % len(chosen)], intended))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+            k += 1
 
-        start = time.perf_counter() + 0.2
+    start = time.perf_counter() + 0.2
+    try:
         await asyncio.gather(*(user(u, start) for u in range(users)))
         if tasks:
             await asyncio.wait(set(tasks), timeout=timeout_s + 5)
-        elapsed = time.perf_counter() - start
+    finally:
+        client.close()
+    elapsed = time.perf_counter() - start
     ms = [lat * 1000 for _, lat in latencies]
     by_widget: dict[str, list[float]] = {}
     for path, lat in latencies:
