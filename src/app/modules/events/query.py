@@ -26,9 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.modules.events.rollups import (
@@ -251,9 +252,21 @@ def _params(spec: AggregateSpec) -> dict[str, Any]:
 _BIND = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
+@lru_cache(maxsize=1024)
+def _prefixed_sql(sql: str, prefix: str) -> str:
+    # The SQL of a part depends only on the query's shape (values are bound), so a
+    # dashboard's few shapes are rewritten once, not per request.
+    return _BIND.sub(rf":{prefix}\1", sql)
+
+
 def _prefixed(sql: str, params: dict[str, Any], prefix: str) -> tuple[str, dict[str, Any]]:
     """Give one part's bind parameters names of their own within a shared statement."""
-    return _BIND.sub(rf":{prefix}\1", sql), {f"{prefix}{k}": v for k, v in params.items()}
+    return _prefixed_sql(sql, prefix), {f"{prefix}{k}": v for k, v in params.items()}
+
+
+@lru_cache(maxsize=512)
+def _statement(sql: str) -> TextClause:
+    return text(sql)
 
 
 def _group_type(key: str) -> str:
@@ -544,9 +557,10 @@ async def aggregate_all(
         selects.append(f"({sql})")
         params.update(bound)
     statement = ("WITH " + ",\n".join(ctes) + "\n" if ctes else "") + "\nUNION ALL\n".join(selects)
-    rows = (await session.execute(text(statement), params)).mappings().all()
+    rows = (await session.execute(_statement(statement), params)).all()
+    needs = [spec.needs for spec in specs]
     # Merging runs on the loop in short slices (threads would contend for the GIL).
-    built = await in_slices(rows, lambda row: (row["part"], *_build(row, width, specs)))
+    built = await in_slices(rows, lambda row: _build(row, width, needs))
     results = [AggregateResult({}, "rollups" if plan is not None else "events") for plan in plans]
     for part_index, key, agg, total_groups in built:
         result = results[part_index]
@@ -565,32 +579,65 @@ async def aggregate_all(
     return results
 
 
+_ZERO = exact(0)
+
+
+def _merged(blobs: Sequence[bytes] | None) -> DistinctCount:
+    return merge_blobs(blobs) if blobs else _ZERO
+
+
 def _build(
-    row: Any, width: int, specs: Sequence[AggregateSpec]
-) -> tuple[GroupKey, Aggregates, int | None]:
-    key = tuple(row[f"g{k}"] for k in range(width))
-    if row["users"] is not None:
-        distinct = {name: exact(int(row[name])) for name in DISTINCT}
+    row: Sequence[Any], width: int, needs: Sequence[frozenset[str]]
+) -> tuple[int, GroupKey, Aggregates, int | None]:
+    """One result row (columns in the order every part selects them) as aggregates."""
+    part = row[0]
+    (
+        events,
+        pageviews,
+        new_users,
+        conversions,
+        engagement_msec,
+        revenue,
+        users,
+        sessions,
+        engaged,
+        converting,
+        rollup_rows,
+        users_exact,
+        sessions_exact,
+        users_hll,
+        sessions_hll,
+        engaged_hll,
+        converting_hll,
+        total_groups,
+    ) = row[1 + width :]
+    if users is not None:  # raw events: exact
+        distinct = (exact(users), exact(sessions), exact(engaged), exact(converting))
     else:
-        needs = specs[row["part"]].needs
-        distinct = {name: merge_blobs(row[f"{name}_hll"]) for name in _SKETCH_COLUMNS}
-        if row["rollup_rows"] == 1:
-            for name, column in _EXACT_COLUMNS.items():
-                if name in needs:
-                    distinct[name] = exact(int(row[column]))
+        # A group of one rollup row has its exact users and sessions in the row.
+        one_row = rollup_rows == 1
+        wanted = needs[part]
+        distinct = (
+            exact(int(users_exact)) if one_row and "users" in wanted else _merged(users_hll),
+            exact(int(sessions_exact))
+            if one_row and "sessions" in wanted
+            else _merged(sessions_hll),
+            _merged(engaged_hll),
+            _merged(converting_hll),
+        )
     agg = Aggregates(
-        events=int(row["events"]),
-        pageviews=int(row["pageviews"]),
-        new_users=int(row["new_users"]),
-        conversions=int(row["conversions"]),
-        engagement_msec=int(row["engagement_msec"]),
-        revenue=Decimal(row["revenue"]),
-        users=distinct["users"],
-        sessions=distinct["sessions"],
-        engaged_sessions=distinct["engaged_sessions"],
-        converting_sessions=distinct["converting_sessions"],
+        events=int(events),
+        pageviews=int(pageviews),
+        new_users=int(new_users),
+        conversions=int(conversions),
+        engagement_msec=int(engagement_msec),
+        revenue=Decimal(revenue),
+        users=distinct[0],
+        sessions=distinct[1],
+        engaged_sessions=distinct[2],
+        converting_sessions=distinct[3],
     )
-    return key, agg, row["total_groups"]
+    return part, tuple(row[1 : 1 + width]), agg, total_groups
 
 
 async def aggregate(session: AsyncSession, spec: AggregateSpec) -> AggregateResult:
