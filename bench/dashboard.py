@@ -342,9 +342,11 @@ def _statement_kind(line: str) -> str | None:
             if marker == "LOG:  execute ":
                 sql = sql.partition(": ")[2]
             word = sql.strip().rstrip(";").upper()
-            if word in ("BEGIN", "COMMIT", "ROLLBACK"):
+            # SQLAlchemy's pre-ping on asyncpg is BEGIN, an empty statement (which
+            # PostgreSQL does not log) and ROLLBACK: its ROLLBACK counts as the ping.
+            if word in ("BEGIN", "COMMIT"):
                 return "transaction"
-            if word in ("", "SELECT 1"):
+            if word in ("", "SELECT 1", "ROLLBACK"):
                 return "ping"
             return "query"
     return None

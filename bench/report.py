@@ -362,7 +362,10 @@ class Report:
             "endpoint's first 10 windows are requested once (uncached: first sight) and "
             "again (cached), and the statements PostgreSQL logged meanwhile are counted per "
             "request. Queries are the widget's own statements and the per-request lookups; "
-            "ceremony is BEGIN/COMMIT; pings are the pool's pre-ping. The engine's single "
+            "BEGIN/COMMIT is transaction ceremony (including the BEGIN of each pre-ping); "
+            "pings count the pool's pre-pings by their ROLLBACK (the ping's own empty "
+            "statement is not logged by PostgreSQL, so each ping is one more round trip "
+            "than counted). The engine's single "
             "statement per widget is also asserted by "
             "`tests/dashboard/test_statements.py`. Targets: 1 per uncached request, 0 per "
             "cached request.",
