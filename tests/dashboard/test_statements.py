@@ -70,6 +70,9 @@ class StatementCounter:
     def _seen(self, *args: Any) -> None:
         self.statements.append(args[2])
 
+    def stop(self, engine: AsyncEngine) -> None:
+        event.remove(engine.sync_engine, "before_cursor_execute", self._seen)
+
 
 @pytest.fixture
 async def engine(database_url: str, clean_tables: None) -> AsyncIterator[AsyncEngine]:
@@ -106,6 +109,7 @@ async def _answer_counting(
         result = await run_normal_query(
             session, tenant_id, normal, zone, calendar, version, rollups=built
         )
+    counter.stop(engine)
     return result, counter.statements
 
 
@@ -140,3 +144,41 @@ async def test_run_normal_query_reads_the_rollup_state_itself_when_not_given(
     # The data version, the rollup state, then the one aggregate statement.
     assert len(counter.statements) == 3
     assert result.meta.source == "rollups"
+
+
+@pytest.mark.parametrize("filters", [[], FORCE_RAW], ids=["rollups", "raw_events"])
+async def test_top_breakdown_comparison_equals_the_previous_period_asked_alone(
+    engine: AsyncEngine, acme: str, filters: list[Any]
+) -> None:
+    # The comparison period rides in the same statement, limited to the ranked rows.
+    metrics = ["pageviews", "users", "bounce_rate"]
+    compared, statements = await _answer_counting(
+        engine,
+        acme,
+        StatsQuery(
+            metrics=metrics,
+            dimensions=["page_path"],
+            date_range=RANGE,
+            compare=COMPARE,
+            filters=filters,
+            limit=3,
+        ),
+    )
+    alone, _ = await _answer_counting(
+        engine,
+        acme,
+        StatsQuery(
+            metrics=metrics,
+            dimensions=["page_path"],
+            date_range=COMPARE,
+            filters=filters,
+            limit=1000,
+        ),
+    )
+    assert len(statements) == 1
+    assert len(compared.rows) == 3
+    before = {row.dimensions["page_path"]: row.metrics for row in alone.rows}
+    for row in compared.rows:
+        assert row.comparison == before[row.dimensions["page_path"]]
+    assert compared.comparison is not None
+    assert compared.comparison.totals == alone.totals
