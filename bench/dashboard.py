@@ -370,61 +370,61 @@ def count_statements(
 ) -> dict[str, Any]:
     """Statements PostgreSQL received per request from a running Pulse process.
 
-    PostgreSQL logs every statement of the role's new sessions (``log_statement = all``,
-    set with ALTER ROLE for this pass only) to its log file; a Pulse process started
-    after that, with its background polling parked, answers each endpoint's windows
-    once (uncached: first sight of each) and then again (cached), and the log lines
-    written meanwhile are counted per request, split into queries, transaction
-    ceremony (BEGIN/COMMIT) and pings. An idle second before each pass is counted too
-    (should be 0)."""
+    A Pulse process (background polling parked) connects as its own role,
+    ``bench_count``, on which PostgreSQL logs every statement (``log_statement = all``;
+    nothing else uses that role, so the setting touches no other measurement). It
+    answers each endpoint's windows once (uncached: first sight of each) and then again
+    (cached), and the log lines written meanwhile are counted per request, split into
+    queries, transaction ceremony (BEGIN/COMMIT) and pings. An idle second before each
+    endpoint is counted too (should be 0)."""
     import asyncpg
 
     from bench.servers import pulse
 
     log_path = Path(getattr(dataset.server, "log", Path(dataset.server.pgdata) / "log"))
 
-    async def set_logging(on: bool) -> None:
+    async def create_role() -> None:
         conn = await asyncpg.connect(dataset.asyncpg_dsn)
         try:
-            clause = "SET log_statement = 'all'" if on else "RESET log_statement"
-            await conn.execute(f"ALTER ROLE postgres {clause}")
+            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'bench_count'")
+            if not exists:
+                await conn.execute("CREATE ROLE bench_count LOGIN SUPERUSER")
+            await conn.execute("ALTER ROLE bench_count SET log_statement = 'all'")
         finally:
             await conn.close()
 
+    asyncio.run(create_role())
+    url = dataset.url.replace("://postgres@", "://bench_count@", 1)
     headers = {"Authorization": f"Bearer {token}"}
     out: dict[str, Any] = {"method": "postgresql log_statement=all", "endpoints": {}}
-    asyncio.run(set_logging(True))
-    try:
-        with (
-            pulse(dataset, issuer, name="pulse-count", **_QUIET) as server,
-            httpx.Client(base_url=server.url, headers=headers, timeout=60) as client,
-        ):
-            # Warm the process (connections, type introspection) on the other tenant.
-            for endpoint in ENDPOINTS:
-                client.get(pulse_paths(endpoint, dataset, SMALL_TENANT)[0])
-            for endpoint in ENDPOINTS:
-                paths = pulse_paths(endpoint, dataset)[:10]
-                figures: dict[str, Any] = {}
-                offset = log_path.stat().st_size
-                time.sleep(1.0)
-                idle, offset = _count_since(log_path, offset)
-                figures["idle_second"] = idle
-                for mode in ("uncached", "cached"):
-                    for path in paths:
-                        response = client.get(path)
-                        if response.status_code != 200:
-                            raise RuntimeError(f"{path}: {response.status_code}")
-                    kinds, offset = _count_since(log_path, offset)
-                    figures[mode] = {k: round(v / len(paths), 2) for k, v in kinds.items()}
-                    figures[mode]["total"] = round(sum(kinds.values()) / len(paths), 2)
-                    figures[mode]["requests"] = len(paths)
-                out["endpoints"][endpoint] = figures
-                log(
-                    f"  statements per request {endpoint}: uncached"
-                    f" {figures['uncached']} cached {figures['cached']}"
-                )
-    finally:
-        asyncio.run(set_logging(False))
+    with (
+        pulse(dataset, issuer, name="pulse-count", PULSE_DATABASE_URL=url, **_QUIET) as server,
+        httpx.Client(base_url=server.url, headers=headers, timeout=60) as client,
+    ):
+        # Warm the process (connections, type introspection) on the other tenant.
+        for endpoint in ENDPOINTS:
+            client.get(pulse_paths(endpoint, dataset, SMALL_TENANT)[0])
+        for endpoint in ENDPOINTS:
+            paths = pulse_paths(endpoint, dataset)[:10]
+            figures: dict[str, Any] = {}
+            offset = log_path.stat().st_size
+            time.sleep(1.0)
+            idle, offset = _count_since(log_path, offset)
+            figures["idle_second"] = idle
+            for mode in ("uncached", "cached"):
+                for path in paths:
+                    response = client.get(path)
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{path}: {response.status_code}")
+                kinds, offset = _count_since(log_path, offset)
+                figures[mode] = {k: round(v / len(paths), 2) for k, v in kinds.items()}
+                figures[mode]["total"] = round(sum(kinds.values()) / len(paths), 2)
+                figures[mode]["requests"] = len(paths)
+            out["endpoints"][endpoint] = figures
+            log(
+                f"  statements per request {endpoint}: uncached"
+                f" {figures['uncached']} cached {figures['cached']}"
+            )
     return out
 
 

@@ -357,8 +357,8 @@ class Report:
         self.add(
             "### Statements per request",
             "",
-            "Counted from PostgreSQL itself: for this pass only, `log_statement = all` is "
-            "set on the role, a Pulse process (background polling parked) is started, each "
+            "Counted from PostgreSQL itself: a Pulse process (background polling parked) "
+            "connects as a role of its own on which `log_statement = all` is set, each "
             "endpoint's first 10 windows are requested once (uncached: first sight) and "
             "again (cached), and the statements PostgreSQL logged meanwhile are counted per "
             "request. Queries are the widget's own statements and the per-request lookups; "
