@@ -6,9 +6,9 @@ filters - and calls :func:`aggregate_all` with every aggregation a widget needs 
 groups, its totals, both again for a comparison period), which sends them to
 PostgreSQL as ONE statement (:mod:`app.modules.events.widget_sql`). The engine
 answers from the rollups (``stats_rollups``, kept by :mod:`app.modules.events.rollups`)
-when they cover the query - local-day rows for one dimension in the tenant's timezone, UTC-hour totals
-for hourly series and other whole-hour timezones - and from the raw ``events``
-table otherwise. Both paths compute the same base aggregates with the same
+when they cover the query - local-day rows for one dimension in the tenant's
+timezone, UTC-hour totals for hourly series and other whole-hour timezones - and from
+the raw ``events`` table otherwise. Both paths compute the same base aggregates with the same
 definitions:
 
 * additive, always exact: ``events``, ``pageviews``, ``new_users``, ``conversions``,
