@@ -5,10 +5,15 @@
   (the setting must be positive; there is no off switch), with requests rotating over
   distinct date windows of the same length so that concurrent identical misses, which the
   cache coalesces even at that TTL, stay rare. "Cache on" is the default TTL, warmed first.
-* Ceiling: the very statements Pulse sends for each request (captured from the dashboard
-  service through SQLAlchemy's cursor events) replayed through a bare asyncpg pool of the
-  same size by 100 concurrent tasks, each request in one transaction: no HTTP, no Python
-  work on the results.
+  Each Pulse process also runs the paced users (bench/paced.py) and, in the full
+  profile, the 10M-event tenant's 365-day summary at 10 clients.
+* Ceiling: the very statements Pulse's query engine sends for each request (captured from
+  ``run_normal_query`` through SQLAlchemy's cursor events) replayed through a bare asyncpg
+  pool of the same size by 100 concurrent tasks, no transaction: no HTTP, no Python work
+  on the results. Over HTTP (bench/ceiling_app.py, wrk): the framework ceiling (constant
+  JSON), the database ceiling (one ``SELECT 1``) and the same replay.
+* Statements per request: counted from PostgreSQL's own statement log while a Pulse
+  process answers uncached and cached requests (:func:`count_statements`).
 * Peer: bench/peer.py, the summary computed per request over raw events (FastAPI).
 """
 

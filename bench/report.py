@@ -565,7 +565,7 @@ class Report:
         self.add(
             "Ceiling: the statements Pulse sends for each request (captured from the "
             "dashboard service) replayed through a bare asyncpg pool of Pulse's size (20) by "
-            "100 concurrent tasks, one transaction per request, no HTTP, no Python work on "
+            "100 concurrent tasks, no transaction, no HTTP, no Python work on "
             "the rows. Peer: `bench/peer.py`, the summary endpoint written the conventional "
             "way (FastAPI + SQLAlchemy async, one query over raw events per request, no "
             "rollups, no cache, no auth) under uvicorn. Pulse figures: cache off, 100 clients.",
