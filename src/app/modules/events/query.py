@@ -121,7 +121,7 @@ async def aggregate_all(
         plan = plans[i]
         if plan is None:
             companion = totals_companion(specs, i)
-            if companion is not None and companion not in parts:
+            if companion is not None and companion not in riding:
                 riding.add(companion)
             else:
                 companion = None
