@@ -182,3 +182,24 @@ async def test_top_breakdown_comparison_equals_the_previous_period_asked_alone(
         assert row.comparison == before[row.dimensions["page_path"]]
     assert compared.comparison is not None
     assert compared.comparison.totals == alone.totals
+
+
+def test_part_parameters_get_the_part_prefix_and_casts_stay_intact() -> None:
+    from app.modules.events.widget_sql import prefixed
+
+    sql, params = prefixed(
+        "SELECT (r.bucket AT TIME ZONE :tz)::date, make_interval(mins => :offset_minutes)"
+        " WHERE r.tenant_id = :tenant_id AND x = ANY(CAST(:f0 AS text[]))",
+        {"tz": "UTC", "offset_minutes": 0, "tenant_id": "acme", "f0": ["a"]},
+        "p1_",
+    )
+    assert sql == (
+        "SELECT (r.bucket AT TIME ZONE :p1_tz)::date, make_interval(mins => :p1_offset_minutes)"
+        " WHERE r.tenant_id = :p1_tenant_id AND x = ANY(CAST(:p1_f0 AS text[]))"
+    )
+    assert params == {
+        "p1_tz": "UTC",
+        "p1_offset_minutes": 0,
+        "p1_tenant_id": "acme",
+        "p1_f0": ["a"],
+    }
