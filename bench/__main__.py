@@ -56,6 +56,9 @@ def run_dashboard_phase(dataset: Dataset, issuer: Issuer, profile: Profile) -> d
         out["cache_on"] = dashboard.run_pulse(s, token, dataset, profile, log)
         out["cache_on"]["rss_bytes"] = s.memory()
     out["cache_on"]["loop_blocked"] = blocked_summary(s.log_path)
+    out["statements"] = dashboard.guarded(
+        lambda: dashboard.count_statements(dataset, issuer, token, log), log
+    )
     return out
 
 

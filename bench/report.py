@@ -12,6 +12,13 @@ from bench.report_format import unanswered_runs as _unanswered_runs
 DOC = ROOT / "docs" / "benchmarks.md"
 UNCACHED_P99_TARGET = {"summary": 50.0, "timeseries": 50.0, "breakdown": 100.0}
 CACHED_P99_TARGET = 10.0
+# Issue #14's targets for the hot path.
+CACHED_VS_FRAMEWORK = 0.5
+UNCACHED_VS_REPLAY = 0.7
+PACED_P99_TARGET = {"cache_on": 50.0, "cache_off": 150.0}
+YEAR_SUMMARY_P99_TARGET = 100.0
+YEAR_SUMMARY_CLIENTS = 10
+HOT_PATH_CLIENTS = ("10", "100")
 ENDPOINT_TITLES = {
     "summary": "summary (30 days, every metric)",
     "timeseries": "time series (90 days, daily)",
@@ -247,6 +254,280 @@ class Report:
                 on <= CACHED_P99_TARGET,
             )
 
+    # --- issue #14: the hot path beside its ceilings -----------------------------------
+
+    def hot_path(self) -> None:
+        self.add("## 1b. The hot path beside its ceilings (issue #14)", "")
+        dash, ceiling = self.r.get("dashboard"), self.r.get("ceiling")
+        if _error(dash) or not isinstance(dash, dict):
+            self.add("Needs the dashboard phase.", "")
+            return
+        http = ceiling.get("http") if isinstance(ceiling, dict) and not _error(ceiling) else None
+        self.ceilings_table(dash, http)
+        self.statements(dash.get("statements"))
+        self.paced(dash)
+        self.year_summary(dash.get("cache_off", {}).get("year_summary"))
+
+    def ceilings_table(self, dash: dict[str, Any], http: dict[str, Any] | None) -> None:
+        self.add(
+            "### Pulse beside the framework, the database and its own statements",
+            "",
+            "Same run, wrk closed loop, same window rotation as section 1. Framework "
+            "ceiling: a bare Litestar app (uvicorn, uvloop, httptools, like Pulse) returning "
+            "Pulse's own summary JSON as constant bytes. Database ceiling: the same app "
+            "running `SELECT 1` on a bare asyncpg pool of Pulse's size (20) per request. "
+            "Replay: the same app sending, per request, the very statements Pulse's query "
+            "engine sent for that request and window (captured with their parameters from "
+            "`run_normal_query`, given the inputs the request path holds in memory), no "
+            "transaction, no Python work on the rows. Targets: cached >= "
+            f"{CACHED_VS_FRAMEWORK:g} x the framework's req/s; uncached >= "
+            f"{UNCACHED_VS_REPLAY:g} x the replay's req/s.",
+            "",
+        )
+        if http is None:
+            self.add("The ceiling phase did not run (or failed): no ceilings to compare.", "")
+            return
+        seconds = self.r["profile"]["load_seconds"]
+        rows: list[list[str]] = []
+
+        def row(who: str, fig: dict[str, Any] | None, ratio: str = "", ok: str = "") -> None:
+            if fig is None:
+                rows.append([who, "-", "-", "-", ratio, ok])
+                return
+            text, _ = _p99_text(fig, seconds)
+            rows.append([who, _spread(fig, "rps", 0), _spread(fig, "p50"), text, ratio, ok])
+
+        for clients in HOT_PATH_CLIENTS:
+            framework = http["framework"].get(clients)
+            database = http["database"].get(clients)
+            rows.append([f"**{clients} clients**", "", "", "", "", ""])
+            row("framework ceiling (constant JSON)", framework)
+            row("database ceiling (SELECT 1)", database)
+            for endpoint in ("summary", "timeseries", "breakdown"):
+                on = dash["cache_on"][endpoint]["by_clients"].get(clients)
+                off = dash["cache_off"][endpoint]["by_clients"].get(clients)
+                replay = http["replay"].get(endpoint, {}).get(clients)
+                cached_ok = (
+                    on["rps"] >= CACHED_VS_FRAMEWORK * framework["rps"]
+                    if on and framework
+                    else None
+                )
+                row(
+                    f"Pulse {endpoint}, cached",
+                    on,
+                    f"{_ratio(on['rps'], framework['rps'])} of framework"
+                    if on and framework
+                    else "",
+                    _hit(cached_ok),
+                )
+                row(f"replay of Pulse's {endpoint} statements", replay)
+                uncached_ok = (
+                    off["rps"] >= UNCACHED_VS_REPLAY * replay["rps"] if off and replay else None
+                )
+                row(
+                    f"Pulse {endpoint}, uncached",
+                    off,
+                    f"{_ratio(off['rps'], replay['rps'])} of replay" if off and replay else "",
+                    _hit(uncached_ok),
+                )
+                if on and framework:
+                    self.target(
+                        f"{endpoint} cached req/s / framework ceiling, {clients} clients",
+                        f">= {CACHED_VS_FRAMEWORK:g}",
+                        f"{_ratio(on['rps'], framework['rps'])} ({on['rps']:,.0f} /"
+                        f" {framework['rps']:,.0f})",
+                        cached_ok,
+                    )
+                if off and replay:
+                    self.target(
+                        f"{endpoint} uncached req/s / replay of its statements, {clients} clients",
+                        f">= {UNCACHED_VS_REPLAY:g}",
+                        f"{_ratio(off['rps'], replay['rps'])} ({off['rps']:,.0f} /"
+                        f" {replay['rps']:,.0f})",
+                        uncached_ok,
+                    )
+        self.add(
+            *_table(["Who", "req/s", "p50 ms", "p99 ms", "ratio", "target"], rows),
+            "",
+            f"Response body: {_num(http.get('body_bytes'))} bytes for the constant JSON. "
+            "A ratio below its target is Pulse's own per-request work, which the ceilings "
+            "skip: token validation, the per-request lookups and the transaction around "
+            "them (see the statement counts below), the SQLAlchemy session, merging the "
+            "sketches, shaping the result and encoding it, all on one event loop.",
+            "",
+        )
+
+    def statements(self, counted: dict[str, Any] | None) -> None:
+        self.add(
+            "### Statements per request",
+            "",
+            "Counted from PostgreSQL itself: a Pulse process (background polling parked) "
+            "connects as a role of its own on which `log_statement = all` is set, each "
+            "endpoint's first 10 windows are requested once (uncached: first sight) and "
+            "again (cached), and the statements PostgreSQL logged meanwhile are counted per "
+            "request. Queries are the widget's own statements and the per-request lookups; "
+            "BEGIN/COMMIT is transaction ceremony (including the BEGIN of each pre-ping); "
+            "pings count the pool's pre-pings by their ROLLBACK (the ping's own empty "
+            "statement is not logged by PostgreSQL, so each ping is one more round trip "
+            "than counted). The engine's single "
+            "statement per widget is also asserted by "
+            "`tests/dashboard/test_statements.py`. Targets: 1 per uncached request, 0 per "
+            "cached request.",
+            "",
+        )
+        if not counted or _error(counted):
+            self.add(f"Not counted in this run: `{_error(counted) or 'not run'}`.", "")
+            return
+        rows = []
+        for endpoint, figures in counted["endpoints"].items():
+            for mode, target in (("uncached", 1.0), ("cached", 0.0)):
+                f = figures[mode]
+                ok = f["total"] <= target
+                rows.append(
+                    [
+                        endpoint,
+                        mode,
+                        _num(f.get("total"), 2),
+                        _num(f.get("query", 0.0), 2),
+                        _num(f.get("transaction", 0.0), 2),
+                        _num(f.get("ping", 0.0), 2),
+                        f"{target:g}",
+                        _hit(ok),
+                    ]
+                )
+                self.target(
+                    f"statements per {mode} {endpoint} request",
+                    f"{'<= ' if target else ''}{target:g}",
+                    f"{f['total']:g} ({_num(f.get('query', 0.0), 2)} queries)",
+                    ok,
+                )
+            idle = sum(figures.get("idle_second", {}).values())
+            if idle:
+                rows.append([endpoint, "idle second before", _num(idle), "", "", "", "0", ""])
+        self.add(
+            *_table(
+                ["Route", "Request", "All", "Queries", "BEGIN/COMMIT", "Pings", "Target", ""],
+                rows,
+            ),
+            "",
+        )
+        extra = [
+            f
+            for figures in counted["endpoints"].values()
+            for f in (figures["uncached"], figures["cached"])
+            if f["total"] > 0
+        ]
+        if extra:
+            self.add(
+                "Where a request sends more than its target: the widget's own query is one "
+                "statement (the test above); the rest are what the request path still looks "
+                "up per request (the tenant's settings, the data version, the rollup state), "
+                "the transaction around them (BEGIN/COMMIT) and the pool's pre-ping.",
+                "",
+            )
+
+    def paced(self, dash: dict[str, Any]) -> None:
+        self.add(
+            "### Paced users (open loop)",
+            "",
+            "`bench/paced.py`: 100 users, each sending one request per second on its own "
+            "schedule (random phase), walking the widgets one dashboard page loads (summary, "
+            "daily time series, breakdowns by page, country, source and device) over rotating "
+            "30-day windows; latency measured from the intended send time. Targets: p99 <= "
+            f"{PACED_P99_TARGET['cache_on']:g} ms cached, <= {PACED_P99_TARGET['cache_off']:g} "
+            "ms uncached, no errors.",
+            "",
+        )
+        rows = []
+        for mode in ("cache_on", "cache_off"):
+            fig = dash.get(mode, {}).get("paced")
+            label = "cached" if mode == "cache_on" else "uncached"
+            if not fig or _error(fig):
+                rows.append([label, "-", "-", "-", "-", "-", "-", _error(fig) or "not run"])
+                continue
+            target = PACED_P99_TARGET[mode]
+            p99 = fig.get("p99")
+            ok = p99 is not None and p99 <= target and fig["errors"] == 0
+            kinds = ", ".join(f"{k}: {v}" for k, v in fig.get("error_kinds", {}).items())
+            rows.append(
+                [
+                    label,
+                    _num(fig.get("achieved_rps")),
+                    _num(fig.get("p50")),
+                    _num(fig.get("p95")),
+                    _num(p99),
+                    _num(fig["errors"]) + (f" ({kinds})" if kinds else ""),
+                    f"p99 <= {target:g}, 0 errors",
+                    _hit(ok),
+                ]
+            )
+            self.target(
+                f"paced 100 users, {label}: p99, errors",
+                f"<= {target:g} ms, 0",
+                f"{_num(p99)} ms, {fig['errors']}",
+                ok,
+            )
+        self.add(
+            *_table(["Cache", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "Target", ""], rows),
+            "",
+        )
+        for mode in ("cache_on", "cache_off"):
+            fig = dash.get(mode, {}).get("paced")
+            if not fig or _error(fig) or fig.get("p99") is None:
+                continue
+            offered = fig["users"] / fig["interval_s"]
+            self.add(
+                f"{'Cached' if mode == 'cache_on' else 'Uncached'}: offered {offered:g} req/s, "
+                f"answered {_num(fig['achieved_rps'])} req/s; the client itself started its "
+                f"requests up to {_num(fig.get('client_lateness_p99'))} ms late (p99), which "
+                "the latencies include."
+                + (
+                    " When Pulse answers fewer requests a second than the users send, the "
+                    "queue grows for the whole run and the percentiles measure the queue."
+                    if fig["achieved_rps"] < 0.95 * offered
+                    else ""
+                ),
+                "",
+            )
+
+    def year_summary(self, fig: dict[str, Any] | None) -> None:
+        self.add("### A 365-day summary of the 10M-event tenant, uncached", "")
+        if fig is None:
+            self.add("Full profile only (`make bench`).", "")
+            return
+        if _error(fig):
+            self.add(f"**Failed**: `{_error(fig)}`", "")
+            return
+        seconds = self.r["profile"]["load_seconds"]
+        text, p99 = _p99_text(fig, seconds)
+        ok = p99 <= YEAR_SUMMARY_P99_TARGET
+        self.add(
+            f"wrk, {YEAR_SUMMARY_CLIENTS} clients, 365-day windows ending on each of the "
+            "last 30 days, cache off; answered from "
+            f"`{fig.get('source')}`.",
+            "",
+            *_table(
+                ["req/s", "p50 ms", "p99 ms", "errors", "Target", ""],
+                [
+                    [
+                        _spread(fig, "rps", 0),
+                        _spread(fig, "p50"),
+                        text,
+                        _num(fig["errors"]),
+                        f"p99 <= {YEAR_SUMMARY_P99_TARGET:g} ms",
+                        _hit(ok),
+                    ]
+                ],
+            ),
+            "",
+        )
+        self.target(
+            f"365-day summary, 10M events, uncached, {YEAR_SUMMARY_CLIENTS} clients: p99",
+            f"<= {YEAR_SUMMARY_P99_TARGET:g} ms",
+            text,
+            ok,
+        )
+
     def blocked(self, d: dict[str, Any]) -> None:
         rows = []
         for mode in ("cache_off", "cache_on"):
@@ -284,7 +565,7 @@ class Report:
         self.add(
             "Ceiling: the statements Pulse sends for each request (captured from the "
             "dashboard service) replayed through a bare asyncpg pool of Pulse's size (20) by "
-            "100 concurrent tasks, one transaction per request, no HTTP, no Python work on "
+            "100 concurrent tasks, no transaction, no HTTP, no Python work on "
             "the rows. Peer: `bench/peer.py`, the summary endpoint written the conventional "
             "way (FastAPI + SQLAlchemy async, one query over raw events per request, no "
             "rollups, no cache, no auth) under uvicorn. Pulse figures: cache off, 100 clients.",
@@ -617,6 +898,7 @@ class Report:
         self.header()
         body_start = len(self.lines)
         self.dashboard()
+        self.hot_path()
         self.ceiling_and_peer()
         self.ingestion()
         self.bigquery()

@@ -209,3 +209,42 @@ def peer(dataset: Dataset) -> Iterator[Server]:
     ]
     with run_process("peer", argv, env, f"http://127.0.0.1:{port}", "/health") as server:
         yield server
+
+
+@contextmanager
+def ceiling_server(
+    mode: str, body: Path, dsn: str = "", statements: Path | None = None
+) -> Iterator[Server]:
+    """A minimal Litestar app (bench/ceiling_app.py) served as Pulse is served."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PULSE_", "BENCH_"))}
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "BENCH_CEILING_MODE": mode,
+            "BENCH_CEILING_BODY": str(body),
+            "BENCH_CEILING_DSN": dsn,
+            "BENCH_CEILING_STATEMENTS": str(statements or ""),
+        }
+    )
+    argv = [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "bench.ceiling_app:create",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with run_process(f"ceiling-{mode}", argv, env, url, "/health") as server:
+        yield server

@@ -9,6 +9,7 @@ buckets, compares with another period, orders and pages.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -43,13 +44,14 @@ from app.modules.events.query import (
     AggregateSpec,
     GroupKey,
     TopN,
-    aggregate,
+    aggregate_all,
     time_grain,
 )
 from app.modules.events.rollups import (
     CONFIDENCE,
     RELATIVE_ERROR,
     DistinctCount,
+    RollupState,
     rollup_state,
 )
 
@@ -71,6 +73,15 @@ METRIC_NEEDS: dict[str, frozenset[str]] = {
     "views_per_session": frozenset({"sessions"}),
     "conversion_rate": frozenset({"sessions", "converting_sessions"}),
 }
+
+
+class Lookup(enum.Enum):
+    """Marks an input :func:`run_normal_query` reads from the database itself."""
+
+    LOOKUP = "lookup"
+
+
+LOOKUP = Lookup.LOOKUP
 # Breakdowns whose page ends within this many rows rank candidates in SQL.
 TOP_N_MAX = 1_000
 
@@ -293,14 +304,15 @@ def _bucket_key(key: Any) -> Any:
     return key
 
 
-async def _run_period(
-    session: AsyncSession, ctx: _Context, q: NormalQuery, span: DateRange, top: TopN | None
+def _period(
+    ctx: _Context,
+    q: NormalQuery,
+    span: DateRange,
+    grouped: AggregateResult | None,
+    totals_result: AggregateResult,
 ) -> _Period:
+    """One period's groups (time keys as bucket indexes, zero-filled) and totals."""
     zone = ctx.zone
-    grouped: AggregateResult | None = None
-    if q.dimensions:
-        grouped = await aggregate(session, _spec(ctx, q, span, q.dimensions, top))
-    totals_result = await aggregate(session, _spec(ctx, q, span, ()))
     totals = totals_result.groups.get((), Aggregates())
     labels: list[str] | None = None
     groups: dict[GroupKey, Aggregates] = {}
@@ -334,6 +346,37 @@ async def _run_period(
         source=sources.pop() if len(sources) == 1 else "mixed",
         total_groups=grouped.total_groups if grouped else None,
     )
+
+
+async def _run_periods(
+    session: AsyncSession, ctx: _Context, q: NormalQuery
+) -> tuple[_Period, _Period | None]:
+    """The current period and the comparison period, from ONE statement.
+
+    Parts: [grouped,] totals for the current period, then the same for the comparison
+    period, whose groups are limited to the current period's ranked rows when the
+    current period is a top list (only those rows are shown).
+    """
+    spans = [q.date_range] + ([q.compare] if q.compare else [])
+    specs: list[AggregateSpec] = []
+    within: dict[int, int] = {}
+    layout: list[tuple[int | None, int]] = []
+    top = _top(q)
+    for n, span in enumerate(spans):
+        grouped_at: int | None = None
+        if q.dimensions:
+            grouped_at = len(specs)
+            specs.append(_spec(ctx, q, span, q.dimensions, top if n == 0 else None))
+            if n > 0 and top is not None and layout[0][0] is not None:
+                within[grouped_at] = layout[0][0]
+        layout.append((grouped_at, len(specs)))
+        specs.append(_spec(ctx, q, span, ()))
+    results = await aggregate_all(session, specs, within=within)
+    periods = [
+        _period(ctx, q, span, results[g] if g is not None else None, results[t])
+        for span, (g, t) in zip(spans, layout, strict=True)
+    ]
+    return periods[0], (periods[1] if len(periods) > 1 else None)
 
 
 def _sort_rows(rows: list[tuple[GroupKey, StatsRow]], q: NormalQuery) -> None:
@@ -377,9 +420,16 @@ async def run_normal_query(
     zone: tzinfo,
     calendar: TenantCalendar,
     data_version: DataVersion | None = None,
+    rollups: RollupState | Lookup | None = LOOKUP,
 ) -> StatsResult:
+    """Answer a resolved query: one statement to the database for the aggregates.
+
+    ``data_version`` and ``rollups`` (the tenant's rollup state, None when none are
+    built) are looked up when not passed in; a caller holding them in memory passes
+    them and the widget costs exactly one statement.
+    """
     version = data_version or await get_data_version(session, tenant_id)
-    built = await rollup_state(session, tenant_id)
+    built = await rollup_state(session, tenant_id) if rollups is LOOKUP else rollups
     ctx = _Context(
         tenant_id,
         zone,
@@ -388,9 +438,7 @@ async def run_normal_query(
         # Rollups built with other conversion events are not used until rebuilt.
         rollups_current=built is None or built.conversion_events == calendar.conversion_events,
     )
-    top = _top(q)
-    current = await _run_period(session, ctx, q, q.date_range, top)
-    previous = await _run_period(session, ctx, q, q.compare, None) if q.compare else None
+    current, previous = await _run_periods(session, ctx, q)
     labels = current.labels
     rows: list[tuple[GroupKey, StatsRow]] = []
     for key, agg in current.groups.items():
