@@ -116,7 +116,7 @@ async def _dev_authenticator(settings: Settings, state: Any) -> Authenticator:
     except DevIssuerRefused as exc:
         raise ConfigurationError(str(exc)) from exc
     state.dev_issuer = dev
-    mapping = ClaimMapping.from_settings(settings)
+    mapping = dev.mapping
     keys = JwksCache(
         StaticKeySource(dev.key_set),
         issuer=dev.issuer,
