@@ -156,3 +156,55 @@ def test_settings_refuse_operator_in_the_role_map_and_a_bad_group_pattern() -> N
     assert "operator is not a tenant role" in message
     assert "(?P<role>...)" in message
     assert "PULSE_OIDC_OPERATOR_CLAIM and PULSE_OIDC_OPERATOR_VALUE go together" in message
+
+
+def test_the_documented_keycloak_group_path_setup() -> None:
+    # docs/auth.md, "Example: Keycloak with group paths".
+    settings = load_settings(
+        {
+            "PULSE_OIDC_TENANT_CLAIM": "",
+            "PULSE_OIDC_ROLES_CLAIM": "",
+            "PULSE_OIDC_TENANT_GROUPS_CLAIM": "groups",
+            "PULSE_OIDC_TENANT_GROUP_PATTERN": KEYCLOAK_GROUPS,
+            "PULSE_OIDC_OPERATOR_CLAIM": "realm_access.roles",
+            "PULSE_OIDC_OPERATOR_VALUE": "pulse-platform-operator",
+        },
+        dotenv=None,
+    )
+    mapping = ClaimMapping.from_settings(settings)
+    claims = {
+        "sub": "s",
+        "groups": ["/tenants/acme/admin", "/tenants/beta/viewer", "/staff"],
+        "realm_access": {"roles": ["offline_access", "default-roles-pulse"]},
+    }
+    caller = mapping.principal(claims)
+    assert caller.tenant_roles == {"acme": frozenset({"admin"}), "beta": frozenset({"viewer"})}
+    assert not caller.is_operator
+    claims["realm_access"] = {"roles": ["pulse-platform-operator"]}
+    assert mapping.principal(claims).is_operator
+
+
+def test_the_documented_auth0_action_setup() -> None:
+    # docs/auth.md, "Example: Auth0 with a namespaced claim set by an Action".
+    settings = load_settings(
+        {
+            "PULSE_OIDC_TENANT_CLAIM": "",
+            "PULSE_OIDC_ROLES_CLAIM": "",
+            "PULSE_OIDC_TENANT_ROLES_CLAIM": "https://pulse.example.com/tenants",
+            "PULSE_OIDC_OPERATOR_CLAIM": "https://pulse.example.com/operator",
+            "PULSE_OIDC_OPERATOR_VALUE": "true",
+        },
+        dotenv=None,
+    )
+    mapping = ClaimMapping.from_settings(settings)
+    claims: dict[str, object] = {
+        "sub": "auth0|42",
+        "https://pulse.example.com/tenants": {"acme": ["admin"], "beta": ["viewer"]},
+        "tenant_id": "gamma",  # not read: the single-tenant shape is off
+        "roles": ["admin"],
+    }
+    caller = mapping.principal(claims)
+    assert caller.tenant_roles == {"acme": frozenset({"admin"}), "beta": frozenset({"viewer"})}
+    assert not caller.is_operator
+    claims["https://pulse.example.com/operator"] = True
+    assert mapping.principal(claims).is_operator

@@ -75,20 +75,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     oidc_audience: str = "pulse"
     oidc_algorithms: str = "RS256,ES256"
     # Roles per tenant (docs/auth.md): (c) a tenants claim + a roles claim ("" turns it off),
-    oidc_tenant_claim: str = "tenant_id"
-    oidc_roles_claim: str = "roles"
+    oidc_tenant_claim: str | None = "tenant_id"
+    oidc_roles_claim: str | None = "roles"
     # (a) a claim mapping tenant id -> roles, e.g. {"pulse_tenants": {"acme": ["admin"]}},
-    oidc_tenant_roles_claim: str = ""
+    oidc_tenant_roles_claim: str | None = None
     # (b) a list claim of strings holding tenant and role, e.g. "acme:admin", read with a
     # regex naming both (Keycloak group paths: "/tenants/(?P<tenant>[^/]+)/(?P<role>[^/]+)").
-    oidc_tenant_groups_claim: str = ""
+    oidc_tenant_groups_claim: str | None = None
     oidc_tenant_group_pattern: str = r"(?P<tenant>[^:/\s]+):(?P<role>[^:/\s]+)"
     # "idp-name=pulse-role,..." e.g. "pulse-admins=admin,pulse-viewers=viewer"
     oidc_role_map: str = ""
     # operator (platform-wide) only through these: a claim holding a value, or subjects.
-    oidc_operator_claim: str = ""
-    oidc_operator_value: str = ""
-    oidc_operator_subjects: str = ""
+    oidc_operator_claim: str | None = None
+    oidc_operator_value: str | None = None
+    oidc_operator_subjects: str | None = None
     # Verified access tokens remembered (by SHA-256) for at most 300 s; 0 turns it off.
     oidc_token_cache_size: NonNegativeInt = 10_000
     oidc_leeway_s: NonNegativeInt = 30

@@ -96,20 +96,21 @@ class ClaimMapping:
         """The mapping the settings describe. ``dev_issuer``: the development issuer runs,
         and (unless an operator claim is configured) grants operator with its own claim."""
         role_map = dict(p.split("=", 1) for p in _csv(settings.oidc_role_map))
-        operator_claim, operator_value = settings.oidc_operator_claim, settings.oidc_operator_value
+        operator_claim = settings.oidc_operator_claim or ""
+        operator_value = settings.oidc_operator_value or ""
         if dev_issuer and not operator_claim:
             operator_claim, operator_value = DEV_OPERATOR_CLAIM, DEV_OPERATOR_VALUE
-        groups = settings.oidc_tenant_groups_claim
+        groups = settings.oidc_tenant_groups_claim or ""
         return cls(
-            tenant_claim=settings.oidc_tenant_claim,
-            roles_claim=settings.oidc_roles_claim,
+            tenant_claim=settings.oidc_tenant_claim or "",
+            roles_claim=settings.oidc_roles_claim or "",
             role_map=role_map,
-            tenant_roles_claim=settings.oidc_tenant_roles_claim,
+            tenant_roles_claim=settings.oidc_tenant_roles_claim or "",
             groups_claim=groups,
             group_pattern=re.compile(settings.oidc_tenant_group_pattern) if groups else None,
             operator_claim=operator_claim,
             operator_value=operator_value,
-            operator_subjects=frozenset(_csv(settings.oidc_operator_subjects)),
+            operator_subjects=frozenset(_csv(settings.oidc_operator_subjects or "")),
         )
 
     # --- roles -------------------------------------------------------------
