@@ -72,7 +72,12 @@ class Issuer:
             "exp": now + ttl_s,
             "jti": uuid.uuid4().hex,
             "tenant_id": tenants,
-            "roles": [role],
+            # operator is not a role name: Pulse grants it through PULSE_OIDC_OPERATOR_CLAIM.
+            **(
+                {"roles": [], "pulse_platform": "operator"}
+                if role == "operator"
+                else {"roles": [role]}
+            ),
         }
 
     def token(self, tenants: list[str], role: str = "admin", ttl_s: int = 4 * 3600) -> str:

@@ -140,6 +140,9 @@ def pulse_env(dataset: Dataset, issuer: Issuer, port: int, **overrides: str) -> 
             "PULSE_OIDC_INTROSPECTION_URL": issuer.introspection_url,
             "PULSE_OIDC_INTROSPECTION_CLIENT_ID": CLIENT_ID,
             "PULSE_OIDC_INTROSPECTION_CLIENT_SECRET": CLIENT_SECRET,
+            # Operator only through an explicit grant (bench/issuer.py sets this claim).
+            "PULSE_OIDC_OPERATOR_CLAIM": "pulse_platform",
+            "PULSE_OIDC_OPERATOR_VALUE": "operator",
             # The benchmark measures capacity, not the per-tenant rate limit.
             "PULSE_STATS_RATE_LIMIT_PER_MINUTE": "1000000000",
             "PULSE_INGEST_POLL_INTERVAL_S": "0.5",

@@ -74,7 +74,7 @@ def blockbuster(database_url: str) -> Iterator[BlockBuster]:
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
-    from tests.fixtures.oidc import AUDIENCE, default_issuer
+    from tests.fixtures.oidc import AUDIENCE, AUTH_SETTINGS, default_issuer
 
     values: dict[str, object] = {
         "env": "test",
@@ -86,6 +86,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         # Auth: the loopback test issuer (tests/fixtures/oidc.py); use token_for/auth_headers.
         "oidc_issuer": default_issuer().issuer,
         "oidc_audience": AUDIENCE,
+        **AUTH_SETTINGS,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -142,3 +142,39 @@ async def test_dev_issuer_routes_are_404_when_a_real_issuer_is_configured(
 
     assert isinstance(client, httpx.AsyncClient)
     assert (await client.get("/dev-issuer/jwks.json")).status_code == 404
+
+
+async def test_dev_operator_tokens_carry_the_issuers_own_grant_not_a_role_name(
+    settings: Settings, clean_tables: None, tmp_path: Path
+) -> None:
+    # No operator claim configured: the development issuer grants operator with its own
+    # claim (only its local key signs it); a role named "operator" still grants nothing.
+    dev = dev_settings(settings, tmp_path, oidc_operator_claim=None, oidc_operator_value=None)
+    env = {"PULSE_ENV": "development", "PULSE_DATA_DIR": str(tmp_path)}
+    code, out, err = await run_cli("token", "--role", "operator", env=env, cwd=tmp_path)
+    assert code == 0, err
+    operator = out.strip()
+    assert "operator" not in jwt.decode(operator, options={"verify_signature": False})["roles"]
+    app = create_app(dev)
+    async with serve_in_process(app) as http:
+        me = await http.get(ME, headers={"Authorization": f"Bearer {operator}"})
+        assert me.status_code == 200, me.text
+        assert me.json()["is_operator"] is True
+        issuer = app.state.dev_issuer
+        claims = jwt.decode(
+            issuer.mint(tenants=["demo"], role="viewer"), options={"verify_signature": False}
+        )
+        claims["roles"] = ["operator"]
+        forged_role = jwt.encode(
+            claims,
+            issuer.key,
+            algorithm="ES256",
+            headers={"kid": issuer.jwk["kid"], "typ": "at+jwt"},
+        )
+        me = await http.get(ME, headers={"Authorization": f"Bearer {forged_role}"})
+        assert me.status_code == 200, me.text
+        assert me.json()["is_operator"] is False
+        listed = await http.get(
+            "/api/v1/tenants", headers={"Authorization": f"Bearer {forged_role}"}
+        )
+        assert listed.status_code == 403

@@ -23,7 +23,18 @@ async def test_me_returns_subject_tenants_and_roles(
     assert body["subject"] == "user-multi"
     assert body["tenants"] == ["acme", "beta"]
     assert body["roles"] == ["viewer"]
+    assert body["tenant_roles"] == {"acme": ["viewer"], "beta": ["viewer"]}
     assert body["is_operator"] is False
+
+
+async def test_me_returns_roles_per_tenant(
+    client: httpx.AsyncClient, auth_headers: AuthHeaders
+) -> None:
+    headers = auth_headers(None, [], tenant_roles={"acme": ["admin"], "beta": ["viewer"]})
+    body = (await client.get("/api/v1/me", headers=headers)).json()
+    assert body["tenants"] == ["acme", "beta"]
+    assert body["tenant_roles"] == {"acme": ["admin"], "beta": ["viewer"]}
+    assert body["roles"] == ["admin", "viewer"]
 
 
 async def test_public_routes_need_no_token(client: httpx.AsyncClient) -> None:

@@ -171,3 +171,57 @@ async def test_tenant_path_parameters_are_named_tenant_id(settings: Settings) ->
         for name in getattr(route, "path_parameters", {}):
             if "tenant" in name.lower():
                 assert name == "tenant_id", f"{route.path}: call the parameter tenant_id"
+
+
+async def _create_tenants(client: httpx.AsyncClient, operator: dict[str, str]) -> None:
+    for tenant in (TENANT_A, TENANT_B):
+        body = {"id": tenant, "name": tenant, "timezone": "UTC"}
+        response = await client.post("/api/v1/tenants", json=body, headers=operator)
+        assert response.status_code == 201, response.text
+
+
+async def test_admin_of_a_and_viewer_of_b_is_admin_only_in_a(
+    client: httpx.AsyncClient, all_endpoints: list[Endpoint], auth_headers: AuthHeaders
+) -> None:
+    await _create_tenants(client, auth_headers(None, "operator"))
+    headers = auth_headers(None, [], tenant_roles={TENANT_A: ["admin"], TENANT_B: ["viewer"]})
+    admin_routes = [
+        e for e in all_endpoints if e.role == "admin" and e.tenant_scoped and not e.public
+    ]
+    assert admin_routes
+    for endpoint in admin_routes:
+        in_b = await client.request(endpoint.method, endpoint.path, headers=headers)
+        assert in_b.status_code == 403, f"{endpoint} answered {in_b.status_code} in B"
+        path_a = endpoint.path.replace(f"/{TENANT_B}/", f"/{TENANT_A}/")
+        if path_a.endswith(f"/{TENANT_B}"):
+            path_a = path_a[: -len(TENANT_B)] + TENANT_A
+        in_a = await client.request(endpoint.method, path_a, headers=headers)
+        # Past the guard: the route's own answer (200, or 400/404 for the made-up body and ids).
+        assert in_a.status_code not in {401, 403}, f"{endpoint} answered {in_a.status_code} in A"
+        if in_a.status_code == 404:
+            assert in_a.json()["detail"] != f"No tenant {TENANT_A!r}.", str(endpoint)
+    for path in ("sources", "runs", "notifications"):
+        in_a = await client.get(f"/api/v1/tenants/{TENANT_A}/{path}", headers=headers)
+        assert in_a.status_code == 200, f"{path}: {in_a.status_code} {in_a.text}"
+        in_b = await client.get(f"/api/v1/tenants/{TENANT_B}/{path}", headers=headers)
+        assert in_b.status_code == 403, f"{path}: {in_b.status_code} {in_b.text}"
+    # B's viewer routes stay open to its viewer.
+    viewer_in_b = await client.get(f"/api/v1/tenants/{TENANT_B}", headers=headers)
+    assert viewer_in_b.status_code == 200, viewer_in_b.text
+
+
+async def test_the_role_name_operator_reaches_no_tenant(
+    client: httpx.AsyncClient, all_endpoints: list[Endpoint], auth_headers: AuthHeaders
+) -> None:
+    # An IdP can put "operator" in a roles claim by accident or by a user's own group name:
+    # only the configured operator grant counts.
+    headers = auth_headers(TENANT_A, "viewer", roles=["operator", "admin"])
+    for endpoint in (e for e in all_endpoints if e.role == "operator" and not e.public):
+        response = await client.request(endpoint.method, endpoint.path, headers=headers)
+        assert response.status_code in {403, 404}, (
+            f"{endpoint} answered {response.status_code} to the role name operator"
+        )
+    scoped = [e for e in all_endpoints if e.tenant_scoped and not e.public]
+    for endpoint in scoped:
+        response = await client.request(endpoint.method, endpoint.path, headers=headers)
+        assert response.status_code == 404, f"{endpoint} answered {response.status_code} in B"

@@ -260,7 +260,9 @@ async def test_claim_mapping_keycloak_style(
         settings.database_url or "",
         oidc_tenant_claim="pulse_tenants",
         oidc_roles_claim="realm_access.roles",
-        oidc_role_map="pulse-admins=admin,pulse-viewers=viewer,pulse-ops=operator",
+        oidc_role_map="pulse-admins=admin,pulse-viewers=viewer",
+        oidc_operator_claim="realm_access.roles",
+        oidc_operator_value="pulse-platform-operators",
     )
     app: Litestar = create_app(keycloak)
     async with serve_in_process(app) as http:
@@ -273,6 +275,10 @@ async def test_claim_mapping_keycloak_style(
         # "admin" is not in the map, so only the mapped group counts.
         assert response.json()["roles"] == ["admin"]
         assert response.json()["tenants"] == ["acme"]
+        assert response.json()["is_operator"] is False
+        claims["realm_access"] = {"roles": ["pulse-platform-operators"]}
+        response = await get_me(http, issuer.sign(claims))
+        assert response.json()["is_operator"] is True
 
 
 async def test_space_separated_scope_as_roles(

@@ -172,7 +172,15 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
             "The database is unavailable; try again shortly.",
             headers={"Retry-After": "5"},
         )
-    log.exception("http.unhandled_error", path=request.url.path)
+    # The exception (class and traceback, no frame locals) is captured here, at the call
+    # site; request_id explicitly, since this handler may run outside the request's context.
+    log.error(
+        "http.unhandled_error",
+        method=request.method,
+        path=request.url.path,
+        request_id=request.scope.get("state", {}).get("request_id"),
+        exc_info=exc,
+    )
     return problem(
         request,
         HTTP_500_INTERNAL_SERVER_ERROR,

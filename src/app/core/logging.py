@@ -12,10 +12,68 @@ import logging
 import logging.handlers
 import queue
 import sys
+import traceback
+from types import TracebackType
+from typing import Any, TextIO
 
 import structlog
 
 from app.core.settings import Settings
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def _exc_info_of(value: Any) -> ExcInfo | None:
+    """``exc_info`` as a log call may give it: True (the one being handled), an exception,
+    or a ``sys.exc_info()`` tuple."""
+    if value is True:
+        value = sys.exc_info()
+    elif isinstance(value, BaseException):
+        value = (type(value), value, value.__traceback__)
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], BaseException):
+        return value
+    return None
+
+
+def _class_name(exc_type: type[BaseException]) -> str:
+    module = exc_type.__module__
+    return exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"
+
+
+def capture_exception(
+    _logger: Any, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """At the call site: replace ``exc_info`` by a snapshot of the exception (its class and
+    frames, never their local variables) that the listener thread can still render.
+
+    ``exc_info=True`` means "the exception being handled" - which the listener thread,
+    rendering later, no longer has. The snapshot reads no source file here (lines are looked
+    up when the listener formats it), so this stays cheap on the event loop."""
+    value = event_dict.get("exc_info")
+    if value is None or value is False or isinstance(value, traceback.TracebackException):
+        return event_dict
+    exc_info = _exc_info_of(value)
+    if exc_info is None:
+        del event_dict["exc_info"]
+        return event_dict
+    event_dict.setdefault("exc_type", _class_name(exc_info[0]))
+    event_dict["exc_info"] = traceback.TracebackException(
+        *exc_info, lookup_lines=False, capture_locals=False
+    )
+    return event_dict
+
+
+def render_exception(
+    _logger: Any, _method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """In the listener thread: the captured exception as plain traceback text under
+    ``exception`` (both formats). Frame locals are never rendered: they hold passwords,
+    private keys and tokens."""
+    value = event_dict.pop("exc_info", None)
+    if isinstance(value, traceback.TracebackException):
+        event_dict["exception"] = "".join(value.format()).rstrip("\n")
+    return event_dict
+
 
 _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -23,6 +81,7 @@ _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.StackInfoRenderer(),
+    capture_exception,
 ]
 
 
@@ -59,15 +118,20 @@ def _flush_logs() -> None:
         _listener.stop()
 
 
-def configure_logging(settings: Settings) -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib root logger once per process.
+
+    ``stream``: where lines go (stderr by default; tests capture the real output with it).
+    """
+    out = stream if stream is not None else sys.stderr
     renderer: structlog.types.Processor
     if settings.effective_log_format == "json":
         renderer = structlog.processors.JSONRenderer()
-        exception_processor: structlog.types.Processor = structlog.processors.format_exc_info
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        exception_processor = structlog.processors.ExceptionPrettyPrinter()
+        # plain_traceback: the default (rich) formatter prints every frame's locals.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
 
     structlog.configure(
         processors=[
@@ -82,11 +146,11 @@ def configure_logging(settings: Settings) -> None:
         foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *([exception_processor] if settings.effective_log_format == "json" else []),
+            render_exception,
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [_start_listener(handler)]

@@ -74,10 +74,23 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     oidc_issuer: str | None = None
     oidc_audience: str = "pulse"
     oidc_algorithms: str = "RS256,ES256"
-    oidc_tenant_claim: str = "tenant_id"
-    oidc_roles_claim: str = "roles"
+    # Roles per tenant (docs/auth.md): (c) a tenants claim + a roles claim ("" turns it off),
+    oidc_tenant_claim: str | None = "tenant_id"
+    oidc_roles_claim: str | None = "roles"
+    # (a) a claim mapping tenant id -> roles, e.g. {"pulse_tenants": {"acme": ["admin"]}},
+    oidc_tenant_roles_claim: str | None = None
+    # (b) a list claim of strings holding tenant and role, e.g. "acme:admin", read with a
+    # regex naming both (Keycloak group paths: "/tenants/(?P<tenant>[^/]+)/(?P<role>[^/]+)").
+    oidc_tenant_groups_claim: str | None = None
+    oidc_tenant_group_pattern: str = r"(?P<tenant>[^:/\s]+):(?P<role>[^:/\s]+)"
     # "idp-name=pulse-role,..." e.g. "pulse-admins=admin,pulse-viewers=viewer"
     oidc_role_map: str = ""
+    # operator (platform-wide) only through these: a claim holding a value, or subjects.
+    oidc_operator_claim: str | None = None
+    oidc_operator_value: str | None = None
+    oidc_operator_subjects: str | None = None
+    # Verified access tokens remembered (by SHA-256) for at most 300 s; 0 turns it off.
+    oidc_token_cache_size: NonNegativeInt = 10_000
     oidc_leeway_s: NonNegativeInt = 30
     oidc_strict_typ: bool = False
     oidc_jwks_cooldown_s: Annotated[float, msgspec.Meta(ge=30)] = 30.0
@@ -212,10 +225,14 @@ def _check_semantics(settings: Settings) -> list[str]:
             )
     for pair in filter(None, (p.strip() for p in settings.oidc_role_map.split(","))):
         idp_role, _, pulse_role = pair.partition("=")
-        if not idp_role or pulse_role not in {"viewer", "admin", "operator"}:
+        if pulse_role == "operator":
             problems.append(
-                f"PULSE_OIDC_ROLE_MAP: {pair!r} must look like idp-role=viewer|admin|operator"
+                f"PULSE_OIDC_ROLE_MAP: {pair!r}: operator is not a tenant role; grant it with"
+                " PULSE_OIDC_OPERATOR_CLAIM and _VALUE or PULSE_OIDC_OPERATOR_SUBJECTS"
             )
+        elif not idp_role or pulse_role not in {"viewer", "admin"}:
+            problems.append(f"PULSE_OIDC_ROLE_MAP: {pair!r} must look like idp-role=viewer|admin")
+    problems.extend(_tenant_role_problems(settings))
     introspection = (
         settings.oidc_introspection_url,
         settings.oidc_introspection_client_id,
@@ -224,6 +241,27 @@ def _check_semantics(settings: Settings) -> list[str]:
     if any(introspection) and not all(introspection):
         problems.append(
             "PULSE_OIDC_INTROSPECTION_URL, _CLIENT_ID and _CLIENT_SECRET must be set together"
+        )
+    return problems
+
+
+def _tenant_role_problems(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    try:
+        pattern = re.compile(settings.oidc_tenant_group_pattern)
+    except re.error as exc:
+        problems.append(f"PULSE_OIDC_TENANT_GROUP_PATTERN is not a valid regex: {exc}")
+    else:
+        if not {"tenant", "role"} <= set(pattern.groupindex):
+            problems.append(
+                "PULSE_OIDC_TENANT_GROUP_PATTERN must name two groups: (?P<tenant>...) and"
+                " (?P<role>...)"
+            )
+    if bool(settings.oidc_operator_claim) != bool(settings.oidc_operator_value):
+        problems.append("PULSE_OIDC_OPERATOR_CLAIM and PULSE_OIDC_OPERATOR_VALUE go together")
+    if bool(settings.oidc_tenant_claim) != bool(settings.oidc_roles_claim):
+        problems.append(
+            "PULSE_OIDC_TENANT_CLAIM and PULSE_OIDC_ROLES_CLAIM are set or emptied together"
         )
     return problems
 

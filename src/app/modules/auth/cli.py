@@ -18,6 +18,11 @@ def token_command(settings: Settings, args: argparse.Namespace) -> int:
     tenants = list(args.tenant or ["demo"])
     if args.ttl < 60 or args.ttl > 30 * 86400:
         raise SettingsError(["--ttl must be between 60 seconds and 30 days"])
-    token = issuer.mint(tenants=tenants, role=args.role, subject=args.subject, ttl_s=args.ttl)
+    try:
+        # An operator token carries the operator grant (PULSE_OIDC_OPERATOR_CLAIM/_VALUE, or
+        # the development issuer's own claim), not a role name.
+        token = issuer.mint(tenants=tenants, role=args.role, subject=args.subject, ttl_s=args.ttl)
+    except DevIssuerRefused as exc:
+        raise SettingsError([str(exc)]) from exc
     sys.stdout.write(token + "\n")
     return 0

@@ -33,7 +33,7 @@ from litestar.response import Redirect
 
 from app.core.errors import NotFound, error_responses
 from app.core.settings import Settings
-from app.modules.auth.dev_issuer import DEV_ISSUER_PATH, DevIssuer
+from app.modules.auth.dev_issuer import DEV_ISSUER_PATH, DevIssuer, DevIssuerRefused
 from app.modules.auth.principal import ROLES
 
 log = structlog.get_logger("app.auth")
@@ -378,9 +378,12 @@ class DevAuthorizeController(Controller):
         if not hmac.compare_digest(_s256(verifier), grant.code_challenge):
             return _token_error("invalid_grant", "the PKCE verifier does not match")
         choice = grant.choice
-        token = issuer.mint(
-            tenants=choice.tenants, role=choice.role, subject=choice.subject, ttl_s=choice.ttl_s
-        )
+        try:
+            token = issuer.mint(
+                tenants=choice.tenants, role=choice.role, subject=choice.subject, ttl_s=choice.ttl_s
+            )
+        except DevIssuerRefused as exc:
+            return _token_error("invalid_grant", str(exc))
         body = {
             "access_token": token,
             "token_type": "Bearer",

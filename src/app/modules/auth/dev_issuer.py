@@ -99,7 +99,9 @@ class DevIssuer:
         self.key = key
         self.issuer = dev_issuer_url(settings)
         self.jwk = public_jwk(key)
-        self.mapping = ClaimMapping.from_settings(settings)
+        # Operator tokens carry the configured operator grant, or the development issuer's
+        # own claim when none is configured (its signing key never leaves the data dir).
+        self.mapping = ClaimMapping.from_settings(settings, dev_issuer=True)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DevIssuer:
@@ -147,19 +149,13 @@ class DevIssuer:
             "jti": uuid.uuid4().hex,
             "client_id": "pulse-dev-cli",
         }
-        _set_claim(claims, self.settings.oidc_tenant_claim, tenants)
-        _set_claim(claims, self.settings.oidc_roles_claim, [self.mapping.idp_role_for(role)])
+        try:
+            claims.update(self.mapping.claims_for(tenants, role))
+        except ValueError as exc:
+            raise DevIssuerRefused(str(exc)) from exc
         return jwt.encode(
             claims,
             self.key,
             algorithm=DEV_ALGORITHM,
             headers={"kid": self.jwk["kid"], "typ": "at+jwt"},
         )
-
-
-def _set_claim(claims: dict[str, Any], path: str, value: list[str]) -> None:
-    parts = path.split(".")
-    target = claims
-    for part in parts[:-1]:
-        target = target.setdefault(part, {})
-    target[parts[-1]] = value

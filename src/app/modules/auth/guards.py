@@ -4,7 +4,8 @@ A route is public only if its handler (or controller/router) says ``opt={"public
 plus Litestar's own OpenAPI routes under the schema path and its automatic OPTIONS handlers.
 Every other route needs a valid bearer token. For a path with ``{tenant_id}`` the caller
 must be a member of that tenant (or an operator) - otherwise 404, so tenant ids don't leak -
-before the role in ``opt={"role": ...}`` is checked (403).
+before the role in ``opt={"role": ...}`` is checked (403) against the caller's roles *in that
+tenant*: an admin of one tenant is not an admin of another where it is only a viewer.
 """
 
 from __future__ import annotations
@@ -105,12 +106,13 @@ async def require_access(
     if is_public(connection, handler):
         return
     principal = await authenticate(connection)
-    tenant_id = connection.path_params.get("tenant_id")
-    if tenant_id is not None and not principal.can_access(str(tenant_id)):
+    raw_tenant = connection.path_params.get("tenant_id")
+    tenant_id = None if raw_tenant is None else str(raw_tenant)
+    if tenant_id is not None and not principal.can_access(tenant_id):
         raise NotFound(f"No tenant {tenant_id!r}.")
     role = handler.opt.get("role")
     if role is not None:
         if role not in ROLE_RANK:
             raise RuntimeError(f"route {handler.paths} declares unknown role {role!r}")
-        if not principal.has_role(role):
+        if not principal.has_role(role, tenant_id):
             raise insufficient_role(role)

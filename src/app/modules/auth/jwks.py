@@ -17,6 +17,8 @@ One :class:`JwksCache` per issuer per app (a process runs one app). It
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import math
 import re
@@ -60,6 +62,8 @@ class VerificationKey:
     crv: str | None
     alg: str | None
     key: Any  # a cryptography public key object
+    # SHA-256 of the kid and the public key's members: the same key, whatever object holds it.
+    fingerprint: str = ""
 
     def accepts(self, alg: str) -> bool:
         """The key's type (and curve) fits ``alg``, and its own ``alg``, if any, is ``alg``."""
@@ -79,6 +83,11 @@ class KeySet:
 
     def __len__(self) -> int:
         return len(self.by_kid) + len(self.without_kid)
+
+    @functools.cached_property
+    def fingerprints(self) -> frozenset[str]:
+        """The keys' fingerprints: two key sets with the same ones verify the same tokens."""
+        return frozenset(k.fingerprint for k in (*self.by_kid.values(), *self.without_kid))
 
     def find(self, kid: str | None, alg: str) -> VerificationKey | None:
         if kid is not None:
@@ -118,12 +127,23 @@ def parse_jwks(document: Any) -> KeySet:
             crv=jwk.get("crv") if isinstance(jwk.get("crv"), str) else None,
             alg=alg,
             key=parsed.key,
+            fingerprint=key_fingerprint(jwk),
         )
         if key.kid is None:
             without_kid.append(key)
         else:
             by_kid[key.kid] = key
     return KeySet(by_kid, tuple(without_kid))
+
+
+_PUBLIC_MEMBERS = ("kid", "kty", "crv", "alg", "n", "e", "x", "y")
+
+
+def key_fingerprint(jwk: Mapping[str, Any]) -> str:
+    """A digest of the JWK's id and public members (RFC 7638-like, with kid and alg)."""
+    members = {k: jwk[k] for k in _PUBLIC_MEMBERS if isinstance(jwk.get(k), str)}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def cache_ttl(cache_control: str | None, *, default_s: float, min_s: float, max_s: float) -> float:
@@ -246,8 +266,9 @@ class JwksCache:
         self._inflight: asyncio.Task[KeySet] | None = None
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._changed = asyncio.Event()
-        # Bumped on every successful fetch: results verified with older keys are re-checked.
+        # Bumped when a fetch brings a different set of keys (not on every refresh).
         self.generation = 0
+        self._key_listeners: list[Callable[[KeySet], None]] = []
 
     # --- state -------------------------------------------------------------
     @property
@@ -266,6 +287,11 @@ class JwksCache:
     @property
     def expires_in(self) -> float:
         return self._expires_at - self.clock()
+
+    def on_keys_changed(self, listener: Callable[[KeySet], None]) -> None:
+        """Call ``listener(new_keys)`` whenever a fetch changes the set of keys (the token
+        cache forgets what keys that left verified)."""
+        self._key_listeners.append(listener)
 
     # --- lookups -----------------------------------------------------------
     async def key_for(self, kid: str | None, alg: str) -> VerificationKey:
@@ -365,8 +391,12 @@ class JwksCache:
             )
         else:
             ttl = min(max(ttl, self.min_ttl_s), self.max_ttl_s)
+        changed = self._keys is None or self._keys.fingerprints != keys.fingerprints
         self._keys = keys
-        self.generation += 1
+        if changed:
+            self.generation += 1
+            for listener in self._key_listeners:
+                listener(keys)
         self._fetched_at = now
         self._expires_at = now + ttl
         self._failures = 0

@@ -24,7 +24,7 @@ from app.modules.auth.dev_issuer import (
 from app.modules.auth.introspection import Introspector
 from app.modules.auth.jwks import HttpKeySource, JwksCache, StaticKeySource
 from app.modules.auth.service import Authenticator
-from app.modules.auth.tokens import TokenValidator
+from app.modules.auth.tokens import TokenCache, TokenValidator
 
 log = structlog.get_logger("app.auth")
 
@@ -80,6 +80,7 @@ def _validator(
         strict_typ=settings.oidc_strict_typ,
         keys=keys,
         mapping=mapping,
+        cache=TokenCache(settings.oidc_token_cache_size),
     )
 
 
@@ -116,7 +117,7 @@ async def _dev_authenticator(settings: Settings, state: Any) -> Authenticator:
     except DevIssuerRefused as exc:
         raise ConfigurationError(str(exc)) from exc
     state.dev_issuer = dev
-    mapping = ClaimMapping.from_settings(settings)
+    mapping = dev.mapping
     keys = JwksCache(
         StaticKeySource(dev.key_set),
         issuer=dev.issuer,

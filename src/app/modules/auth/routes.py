@@ -21,14 +21,15 @@ class MeController(Controller):
     @get(
         "/",
         operation_id="getMe",
-        summary="The caller: subject, tenants and roles from the access token",
+        summary="The caller: subject, tenants and the roles in each, from the access token",
         responses=error_responses(401, 503),
     )
     async def me(self, principal: NamedDependency[Principal]) -> Me:
         return Me(
             subject=principal.subject,
             tenants=sorted(principal.tenants),
-            roles=sorted(principal.roles),
+            roles=sorted(frozenset().union(*principal.tenant_roles.values())),
+            tenant_roles={t: sorted(r) for t, r in sorted(principal.tenant_roles.items())},
             is_operator=principal.is_operator,
             client_id=principal.client_id,
             expires_at=principal.expires_at,

@@ -5,24 +5,95 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
 from app.modules.auth.claims import ClaimMapping, ClaimsError
 from app.modules.auth.errors import InvalidToken
-from app.modules.auth.jwks import JwksCache
+from app.modules.auth.jwks import JwksCache, KeySet, VerificationKey
 from app.modules.auth.principal import Principal
 
 # Anything longer is refused before base64 or JSON work: real access tokens are far smaller.
 MAX_TOKEN_BYTES = 8 * 1024
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 PLAIN_JWT_TYPES = frozenset({"jwt", "application/jwt"})
-# A token already verified is remembered briefly (keyed by its SHA-256), so a dashboard
-# sending the same token many times pays the signature check once. Entries die at the
-# token's exp, after VERIFIED_TTL_S, or when the key set is refreshed.
-VERIFIED_TTL_S = 60.0
-VERIFIED_MAX_ENTRIES = 10_000
+# A verified token is remembered at most this long (and never past its exp).
+TOKEN_CACHE_TTL_S = 300.0
+TOKEN_CACHE_MAX_ENTRIES = 10_000
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class _Verified:
+    expires_at: float  # wall clock, like exp
+    key: str  # fingerprint of the key whose signature was checked
+    principal: Principal
+
+
+class TokenCache:
+    """Tokens that passed every check, by SHA-256, until ``min(exp, now + ttl)``.
+
+    Bounded (least recently used evicted); an entry is dropped when the key that verified
+    it leaves the issuer's JWKS. The token itself is never stored, only its digest.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = TOKEN_CACHE_MAX_ENTRIES,
+        *,
+        ttl_s: float = TOKEN_CACHE_TTL_S,
+        clock: Clock = time.time,
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, digest: bytes) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry.expires_at <= self.clock():
+            del self._entries[digest]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(digest)
+        self.hits += 1
+        return entry.principal
+
+    def put(self, digest: bytes, principal: Principal, *, exp: float, key: str) -> None:
+        if self.max_entries <= 0:
+            return
+        expires_at = min(exp, self.clock() + self.ttl_s)
+        if expires_at <= self.clock():
+            return
+        self._entries[digest] = _Verified(expires_at, key, principal)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def keep_keys(self, keys: KeySet) -> None:
+        """Forget every token verified by a key that is no longer in ``keys``."""
+        kept = keys.fingerprints
+        for digest in [d for d, e in self._entries.items() if e.key not in kept]:
+            del self._entries[digest]
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -47,6 +118,7 @@ class TokenValidator:
         strict_typ: bool,
         keys: JwksCache,
         mapping: ClaimMapping,
+        cache: TokenCache | None = None,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -55,36 +127,33 @@ class TokenValidator:
         self.strict_typ = strict_typ
         self.keys = keys
         self.mapping = mapping
-        self._verified: OrderedDict[bytes, tuple[float, int, Principal]] = OrderedDict()
+        self.cache = cache if cache is not None else TokenCache()
+        keys.on_keys_changed(self.cache.keep_keys)
 
     async def validate(self, token: str) -> Principal:
         check_size(token)
-        digest = hashlib.sha256(token.encode()).digest()
-        hit = self._verified.get(digest)
-        if hit is not None:
-            expires_at, generation, principal = hit
-            if expires_at > time.monotonic() and generation == self.keys.generation:
-                return principal
-            del self._verified[digest]
-        claims = await self.verified_claims(token)
+        digest = TokenCache.digest(token)
+        # Keys past their max-stale age answer 503 on the full path; so does a cached token.
+        if self.keys.keys is not None:
+            cached = self.cache.get(digest)
+            if cached is not None:
+                return cached
+        claims, key = await self._verify(token)
         try:
             principal = self.mapping.principal(claims)
         except ClaimsError as exc:
             raise InvalidToken(str(exc), reason="claims") from exc
-        self._remember(digest, claims, principal)
+        # Only here has the token passed every check (signature, iss, aud, exp, nbf, the
+        # required claims and the tenant/role mapping).
+        self.cache.put(digest, principal, exp=float(claims["exp"]), key=key.fingerprint)
         return principal
 
-    def _remember(self, digest: bytes, claims: dict[str, Any], principal: Principal) -> None:
-        # exp is required and was just checked; keep the entry no longer than exp allows.
-        lifetime = min(VERIFIED_TTL_S, float(claims["exp"]) + self.leeway_s - time.time())
-        if lifetime <= 0:
-            return
-        self._verified[digest] = (time.monotonic() + lifetime, self.keys.generation, principal)
-        self._verified.move_to_end(digest)
-        while len(self._verified) > VERIFIED_MAX_ENTRIES:
-            self._verified.popitem(last=False)
-
     async def verified_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token whose signature and registered claims check out."""
+        claims, _ = await self._verify(token)
+        return claims
+
+    async def _verify(self, token: str) -> tuple[dict[str, Any], VerificationKey]:
         check_size(token)
         header = self._header(token)
         alg = header["alg"]
@@ -123,7 +192,7 @@ class TokenValidator:
             raise InvalidToken("the token signature is invalid", reason="signature") from exc
         except jwt.InvalidTokenError as exc:
             raise InvalidToken("the token is malformed or invalid", reason="malformed") from exc
-        return claims
+        return claims, key
 
     def _header(self, token: str) -> dict[str, Any]:
         if not looks_like_jwt(token):

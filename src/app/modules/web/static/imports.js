@@ -105,7 +105,7 @@ export function renderImports(root, view, me) {
   const current = generation;
   for (const stop of watching.values()) stop();
   watching.clear();
-  const isAdmin = me.roles.includes("admin") || me.roles.includes("operator");
+  const isAdmin = me.is_operator || (me.tenant_roles?.[view.tenant] || []).includes("admin");
   if (!isAdmin) {
     root.replaceChildren(
       h("h1", { text: "Imports" }),

@@ -17,8 +17,9 @@ function fatal(text, retry) {
   main().replaceChildren(errorBox(text, retry));
 }
 
-function canImport() {
-  return me.roles.includes("admin") || me.roles.includes("operator");
+function canImport(tenant) {
+  // Roles belong to a tenant: admin of this one, or a platform operator.
+  return me.is_operator || (me.tenant_roles?.[tenant] || []).includes("admin");
 }
 
 function navigate(path, view, { replace = false } = {}) {
@@ -55,7 +56,7 @@ function route() {
   }
   tenantSwitcher(view);
   const imports = document.getElementById("nav-imports");
-  imports.hidden = !canImport();
+  imports.hidden = !canImport(view.tenant);
   for (const link of document.querySelectorAll("nav a[data-view]")) {
     const path = link.dataset.view === "imports" ? "/imports" : "/";
     link.href = `${path}?${viewQuery(view)}`;
@@ -106,7 +107,7 @@ async function boot() {
         if (error instanceof SigningIn) return;
       }
     }
-    document.getElementById("who").textContent = `${me.subject} (${me.roles.join(", ") || "no role"})`;
+    document.getElementById("who").textContent = `${me.subject} (${[...(me.is_operator ? ["operator"] : []), ...me.roles].join(", ") || "no role"})`;
     document.getElementById("account").hidden = false;
     route();
   } catch (error) {
