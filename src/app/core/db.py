@@ -253,3 +253,29 @@ async def copy_rows(
         table, records=records, columns=list(columns), schema_name=schema
     )
     return len(records)
+
+
+async def copy_rows_through_staging(
+    session: AsyncSession, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> int:
+    """Like :func:`copy_rows`, into a table under row-level security.
+
+    PostgreSQL refuses ``COPY FROM`` into a table with row-level security for a role the
+    policies bind ("COPY FROM not supported with row-level security"). So the rows go by
+    COPY into a temporary table shaped like ``table`` (dropped at commit), then into
+    ``table`` with one ``INSERT ... SELECT``, which the policy checks row by row.
+    """
+    records = rows if isinstance(rows, list) else list(rows)
+    if not records:
+        return 0
+    staging = f"pulse_copy_{table}"
+    column_list = ", ".join(f'"{c}"' for c in columns)
+    await session.execute(text(f"DROP TABLE IF EXISTS pg_temp.{staging}"))
+    await session.execute(
+        text(f"CREATE TEMPORARY TABLE {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+    )
+    await copy_rows(session, staging, columns, records, schema="pg_temp")
+    await session.execute(
+        text(f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM pg_temp.{staging}")
+    )
+    return len(records)
