@@ -194,3 +194,17 @@ async def test_every_tenant_owned_table_has_a_row_level_security_policy(
     assert owned - protected == set()
     # The role the app runs as in the tests: the policies apply to it.
     assert tuple(role) == (False, False, 0)
+
+
+def test_migrations_run_as_the_owner_url_when_one_is_set() -> None:
+    from app.core.settings import SettingsError, load_settings
+
+    app_url, owner_url = "postgresql://pulse@db/pulse", "postgresql://pulse_owner@db/pulse"
+    same = load_settings({"PULSE_DATABASE_URL": app_url}, dotenv=None)
+    assert same.effective_migration_url == app_url
+    split = load_settings(
+        {"PULSE_DATABASE_URL": app_url, "PULSE_MIGRATION_DATABASE_URL": owner_url}, dotenv=None
+    )
+    assert split.effective_migration_url == owner_url
+    with pytest.raises(SettingsError, match="PULSE_MIGRATION_DATABASE_URL must be a PostgreSQL"):
+        load_settings({"PULSE_MIGRATION_DATABASE_URL": "mysql://x/y"}, dotenv=None)
