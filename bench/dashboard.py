@@ -177,7 +177,7 @@ async def capture_statements(dataset: Dataset, endpoint: str) -> list[list[State
                     limit=10,
                 )
             recorded.clear()
-            async with db.session() as session:
+            async with db.session(MAIN_TENANT) as session:
                 calendar = await tenant_calendar(session, MAIN_TENANT)
                 normal, zone = await resolve_query(session, MAIN_TENANT, query, calendar)
                 version = await get_data_version(session, MAIN_TENANT)

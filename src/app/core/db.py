@@ -107,7 +107,8 @@ async def bind_tenant(conn: AsyncConnection, tenant_id: str) -> None:
     bound: the extra round trip is paid only when the connection last served another
     tenant (or is new). A transaction on the same connection later overrides the value
     locally in :func:`_set_tenant_context`, so a session-level leftover never widens
-    what a unit of work sees.
+    what a unit of work sees. Autocommit connections only: inside a transaction that
+    rolls back, PostgreSQL would undo the setting while ``conn.info`` still recorded it.
     """
     if conn.info.get(_BOUND_TENANT) == tenant_id:
         return
