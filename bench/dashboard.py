@@ -212,7 +212,7 @@ async def capture_statements(
     try:
         for first, last in windows(dataset, SPAN_DAYS[endpoint]):
             query = widget_query(endpoint, first, last)
-            async with db.session() as session:
+            async with db.session(MAIN_TENANT) as session:
                 calendar = await tenant_calendar(session, MAIN_TENANT)
                 normal, zone = await resolve_query(session, MAIN_TENANT, query, calendar)
                 version = await get_data_version(session, MAIN_TENANT)

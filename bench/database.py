@@ -119,7 +119,7 @@ async def _create_tenants(url: str) -> None:
 
     db = Database.from_settings(Settings(env="test"), url)
     try:
-        async with db.session() as session:
+        async with db.session(all_tenants=True) as session:
             for tenant_id, name in ((MAIN_TENANT, "Bench main"), (SMALL_TENANT, "Bench small")):
                 await create_tenant(session, TenantCreate(id=tenant_id, name=name))
             await session.commit()
@@ -150,7 +150,7 @@ async def _fill(url: str, profile: Profile, first: date, log: Any) -> dict[str, 
             events = await pending.popleft()
             if i + ahead < len(plan):
                 pending.append(loop.run_in_executor(pool, _chunk_events, plan[i + ahead][1]))
-            async with db.session() as session:
+            async with db.session(tenant_id) as session:
                 result = await load_events(session, tenant_id, events, source_id=None)
                 await session.commit()
             loaded += result.inserted

@@ -22,6 +22,7 @@ from app.main import create_app
 from app.models import import_all_models
 from app.modules import installed as installed_modules
 from tests.fixtures.postgres import (
+    create_app_login_role,
     create_database,
     embedded_or_configured,
     session_database_name,
@@ -47,14 +48,30 @@ def postgres_admin_url() -> Iterator[str]:
     yield from (url for url, _ in embedded_or_configured())
 
 
+# The superuser URL of the session's database -> the same database as the app's role.
+APP_URLS: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 async def database_url(postgres_admin_url: str) -> str:
-    """A fresh database for this session, its schema built by the Alembic migrations."""
+    """A fresh database for this session, its schema built by the Alembic migrations.
+
+    This URL is the owner's (a superuser: row-level security does not apply), for
+    fixtures that insert or inspect rows directly. The app itself connects as
+    :func:`app_database_url`'s role: :func:`make_settings` swaps the URL.
+    """
     name = session_database_name()
     await create_database(postgres_admin_url, name)
     url = with_database(postgres_admin_url, name)
     await asyncio.to_thread(upgrade_to_head, url)
+    APP_URLS[url] = await create_app_login_role(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def app_database_url(database_url: str) -> str:
+    """The session's database as the app's login role: no superuser, no BYPASSRLS."""
+    return APP_URLS[database_url]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,7 +95,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
 
     values: dict[str, object] = {
         "env": "test",
-        "database_url": database_url,
+        # The app connects as a role row-level security applies to, like in production.
+        "database_url": APP_URLS.get(database_url, database_url),
         "log_level": "WARNING",
         "secret_key": "test-secret-key-not-for-production",
         "db_pool_size": 5,

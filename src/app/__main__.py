@@ -31,7 +31,8 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from app.core.embedded_pg import start_embedded_postgres
     from app.core.migrations import upgrade_to_head
 
-    url = settings.database_url
+    # The schema owner's URL (PULSE_MIGRATION_DATABASE_URL), else the app's.
+    url = settings.effective_migration_url
     server = None
     if url is None:
         if settings.env != "development":

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from app.core.outbound import LOOPBACK_ALLOW, OutboundPolicy
 from app.modules.ingestion.connectors.base import (
     Batch,
     DateWindow,
@@ -17,6 +18,9 @@ from app.modules.ingestion.connectors.base import (
     SourceContext,
 )
 
+# The test servers listen on loopback, which tenants may not reach unless allowed.
+LOOPBACK = OutboundPolicy.from_allow_list(LOOPBACK_ALLOW)
+
 
 def source_context(
     connector: Any,
@@ -24,6 +28,7 @@ def source_context(
     secrets: dict[str, Any] | None = None,
     *,
     executor: ThreadPoolExecutor | None = None,
+    outbound: OutboundPolicy | None = None,
 ) -> SourceContext:
     return SourceContext(
         tenant_id="acme",
@@ -32,6 +37,7 @@ def source_context(
         secrets=msgspec.convert(secrets or {}, connector.secrets_type),
         timezone="UTC",
         executor=executor,
+        outbound=outbound or LOOPBACK,
     )
 
 
@@ -45,8 +51,9 @@ def extract_context(
     batch_rows: int = 50_000,
     is_cancelled: Callable[[], bool] = lambda: False,
     imported_files: Callable[[], Awaitable[dict[str, list[LedgerEntry]]]] | None = None,
+    outbound: OutboundPolicy | None = None,
 ) -> ExtractContext:
-    base = source_context(connector, config, secrets, executor=executor)
+    base = source_context(connector, config, secrets, executor=executor, outbound=outbound)
     return ExtractContext(
         tenant_id=base.tenant_id,
         source_id=base.source_id,
@@ -58,6 +65,7 @@ def extract_context(
         batch_rows=batch_rows,
         is_cancelled=is_cancelled,
         imported_files=imported_files,
+        outbound=base.outbound,
     )
 
 

@@ -20,8 +20,9 @@ from app.core.settings import Settings
 
 
 @pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings, settings.database_url or "")
+async def db(settings: Settings, database_url: str) -> AsyncIterator[Database]:
+    # The owner's URL: this test creates its own table (the app's role may not).
+    database = Database.from_settings(settings, database_url)
     async with database.engine.begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS copy_probe"))
         await conn.execute(
@@ -34,14 +35,14 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
 
 
 async def _count(db: Database) -> int:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         return int(await session.scalar(text("SELECT count(*) FROM copy_probe")) or 0)
 
 
 async def test_copy_rows_keep_jsonb_values_and_commit_with_the_session(db: Database) -> None:
     doc = {"a": [1, "x", None], "nested": {"ü": True}}
     at = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         copied = await copy_rows(
             session,
             "copy_probe",
@@ -50,14 +51,14 @@ async def test_copy_rows_keep_jsonb_values_and_commit_with_the_session(db: Datab
         )
         await session.commit()
     assert copied == 2
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         row = (await session.execute(text("SELECT at, doc FROM copy_probe WHERE id = 1"))).one()
     assert row.at == at
     assert row.doc == doc
 
 
 async def test_copy_rows_roll_back_with_the_transaction(db: Database) -> None:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await copy_rows(session, "copy_probe", ["id"], [(10,), (11,)])
         assert await session.scalar(text("SELECT count(*) FROM copy_probe")) == 2
         await session.rollback()

@@ -27,7 +27,7 @@ from tests.fixtures.ingestion import fast_settings
 @pytest.fixture
 async def db(database_url: str, clean_tables: None) -> AsyncIterator[Database]:
     database = Database.from_settings(fast_settings(database_url), database_url)
-    async with database.session() as session:
+    async with database.session(all_tenants=True) as session:
         await create_tenant(session, TenantCreate(id="acme", name="Acme"))
         await session.commit()
     yield database
@@ -106,13 +106,13 @@ def test_event_id_is_derived_deterministically_when_missing() -> None:
 
 async def test_loading_twice_inserts_once_and_bumps_the_version_once(db: Database) -> None:
     events = [_event(i) for i in range(5)] + [_event(9, "2026-01-06T23:59:00+00:00")]
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         assert await get_data_version(session, "acme") == DataVersion(version=0, fresh_until=None)
         first = await load_events(session, "acme", events, source_id=None)
         await session.commit()
     assert (first.inserted, first.duplicates) == (6, 0)
     assert first.affected_days == {date(2026, 1, 5), date(2026, 1, 6)}
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         version = await get_data_version(session, "acme")
         again = await load_events(session, "acme", events, source_id=None)
         await session.commit()
@@ -124,17 +124,17 @@ async def test_loading_twice_inserts_once_and_bumps_the_version_once(db: Databas
 
 
 async def test_duplicates_inside_one_batch_count_once(db: Database) -> None:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         result = await load_events(session, "acme", [_event(1), _event(1)], source_id=None)
         await session.commit()
     assert (result.inserted, result.duplicates) == (1, 1)
 
 
 async def test_a_rolled_back_load_leaves_nothing(db: Database) -> None:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await load_events(session, "acme", [_event(i) for i in range(3)], source_id=None)
         await session.rollback()
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         again = await load_events(session, "acme", [_event(i) for i in range(3)], source_id=None)
         await session.commit()
         version = await get_data_version(session, "acme")
@@ -145,7 +145,7 @@ async def test_a_rolled_back_load_leaves_nothing(db: Database) -> None:
 async def test_large_batch_loads_in_slices(db: Database) -> None:
     start = datetime(2026, 1, 5, tzinfo=UTC)
     events = [_event(i, (start + timedelta(seconds=i)).isoformat()) for i in range(3500)]
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         result = await load_events(session, "acme", events, source_id=None)
         await session.commit()
     assert result.inserted == 3500
@@ -173,18 +173,18 @@ async def test_one_transaction_of_many_loads_summarises_once_and_the_same(db: Da
         )
         for i in range(600)
     ]
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await create_tenant(session, TenantCreate(id="beta", name="Beta"))
         await load_events(session, "beta", events, source_id=None)
         await session.commit()
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         load = EventLoad(session, "acme", source_id=None)
         results = [await load.add(events[i : i + 250]) for i in range(0, len(events), 250)]
         pending = (await session.execute(_ROLLUPS, {"t": "acme"})).all()
         await load.finish()
         await load.finish()  # nothing new: no second refresh, no second version bump
         await session.commit()
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         built = (await session.execute(_ROLLUPS, {"t": "acme"})).all()
         expected = (await session.execute(_ROLLUPS, {"t": "beta"})).all()
         version = await get_data_version(session, "acme")

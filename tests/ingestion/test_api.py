@@ -264,5 +264,5 @@ async def test_quarantine_listing(
         "SELECT rows_rejected FROM ingestion_runs WHERE id = :id", id=run["id"]
     )
     assert count == len(page["items"])
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         assert (await session.execute(text("SELECT count(*) FROM ingestion_quarantine"))).scalar()

@@ -71,7 +71,7 @@ async def test_reencrypting_sources_lets_the_old_key_go(ingest: IngestKit) -> No
     await ingest.tenant()
     source = await ingest.source(secrets={"token": "t0ps3cret"})
     rotated = SecretBox.from_setting(f"brand-new-key,{ingest.settings.secret_key}")
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         assert await service.reencrypt_secrets(session, rotated) == 1
         await session.commit()
         assert await service.reencrypt_secrets(session, rotated) == 0

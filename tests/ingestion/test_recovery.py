@@ -83,7 +83,7 @@ async def test_cancel_stops_a_running_run_within_five_seconds(ingest: IngestKit)
             return (await ingest.run(run.id)).progress.rows_loaded > 0
 
         await wait_until(loading, timeout_s=60)
-        async with ingest.db.session() as session:
+        async with ingest.db.session(all_tenants=True) as session:
             # Through the database flag only, as when the request lands on another replica.
             await service.cancel_run(session, TENANT, run.id)
             await session.commit()
@@ -101,7 +101,7 @@ async def test_cancel_of_a_queued_run_is_immediate(ingest: IngestKit) -> None:
     await ingest.tenant()
     source = await ingest.source()
     run = await ingest.queue_run(source.id, DAY, DAY)
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         cancelled = await service.cancel_run(session, TENANT, run.id)
         await session.commit()
     assert cancelled.status == "cancelled"
@@ -149,7 +149,7 @@ async def test_terminal_error_fails_at_once_and_is_reported(ingest: IngestKit) -
     assert done.error is not None
     assert done.error.error_class == "TerminalError"
     assert "permission denied" in (done.error.message or "")
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         src = await service.get_source(session, TENANT, source.id)
         assert src.last_run is not None
         assert src.last_run.status == "failed"
@@ -169,7 +169,7 @@ async def test_terminal_error_fails_at_once_and_is_reported(ingest: IngestKit) -
 async def test_invalid_config_fails_terminally(ingest: IngestKit) -> None:
     await ingest.tenant()
     source = await ingest.source()
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         await session.execute(
             text('UPDATE ingestion_sources SET config = \'{"seed": "x"}\' WHERE id = :id'),
             {"id": source.id},
@@ -247,7 +247,7 @@ async def test_bad_rows_are_quarantined_with_line_and_reason(ingest: IngestKit) 
     assert done.progress.rows_quarantined == 5
     assert done.progress.rows_loaded == total - bad
     assert await ingest.event_count() == total - bad
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         page = await service.list_quarantine(session, TENANT, run.id)
     assert len(page.items) == 5
     first = page.items[0]

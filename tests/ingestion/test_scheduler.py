@@ -56,7 +56,7 @@ def test_interval_slots_align_to_the_epoch() -> None:
 
 
 async def _backdate(ingest: IngestKit, source_id: uuid.UUID, hours: int) -> None:
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         await session.execute(
             text(
                 "UPDATE ingestion_sources"
@@ -134,7 +134,7 @@ async def test_two_runners_on_separate_engines_run_every_slot_exactly_once(
     finally:
         for db in dbs:
             await db.dispose()
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         rows = (
             await session.execute(
                 text(
@@ -167,6 +167,6 @@ async def test_due_sources_carry_their_own_tenants_timezone(ingest: IngestKit) -
     }
     made[(await ingest.source(tenant_id="tokyo", schedule=hourly)).id] = "Asia/Tokyo"
     await ingest.source(tenant_id="berlin")  # no schedule: not listed
-    async with ingest.db.session() as session:
+    async with ingest.db.session(all_tenants=True) as session:
         due = await _due_sources(session)
     assert {s.id: s.timezone for s in due} == made

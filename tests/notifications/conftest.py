@@ -20,7 +20,8 @@ MakeTenant = Callable[..., Awaitable[str]]
 
 @pytest.fixture
 async def db(settings: Settings, database_url: str, clean_tables: None) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings, database_url)
+    # As the app's role: the sender and digest work under row-level security.
+    database = Database.from_settings(settings, settings.database_url or database_url)
     try:
         yield database
     finally:
@@ -39,7 +40,7 @@ def tenant_with_recipients(db: Database) -> MakeTenant:
         recipients: list[str] | None = None,
         **preferences: object,
     ) -> str:
-        async with db.session() as session:
+        async with db.session(all_tenants=True) as session:
             if not await tenant_exists(session, tenant_id):
                 await create_tenant(
                     session, TenantCreate(id=tenant_id, name=name, timezone=timezone)

@@ -59,7 +59,7 @@ async def test_settings_of_a_tenant_never_configured_are_the_defaults(
 ) -> None:
     from app.modules.tenants import TenantCreate, create_tenant
 
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await create_tenant(session, TenantCreate(id="acme", name="Acme", timezone="UTC"))
         await session.commit()
     response = await client.get(BASE, headers=auth_headers())
@@ -133,7 +133,7 @@ async def test_outbox_lists_own_emails_without_bodies_newest_first_in_pages(
     await tenant_with_recipients(recipients=["a@acme.test", "b@acme.test", "c@acme.test"])
     await tenant_with_recipients("globex", recipients=["x@globex.test"])
     for tenant in ("acme", "globex"):
-        async with db.session() as session:
+        async with db.session(all_tenants=True) as session:
             await notify_run_outcome(
                 session,
                 tenant_id=tenant,
@@ -251,7 +251,7 @@ async def test_development_catcher_receives_mail_readable_without_a_token(
     assert message["subject"] == "[Pulse] Test email"
     assert "notifications for this tenant reach you" in message["text"]
     assert message["html"].startswith("<!DOCTYPE html>")
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         [row] = (await session.execute(select(OutboxEmail))).scalars().all()
     assert row.status == "sent"
 

@@ -55,7 +55,7 @@ async def _fail_run(
     db: Database, *, source_name: str = "GA4 property", run_id: uuid.UUID | None = None
 ) -> uuid.UUID:
     run_id = run_id or uuid.uuid4()
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await notify_run_outcome(
             session,
             tenant_id="acme",
@@ -72,7 +72,7 @@ async def _fail_run(
 
 
 async def _outbox(db: Database) -> list[OutboxEmail]:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         return list((await session.execute(select(OutboxEmail))).scalars().all())
 
 
@@ -278,7 +278,7 @@ async def test_email_of_a_sender_that_died_mid_flight_is_sent_after_its_lease(
     sender = await _sender(db, smtp_app_settings)
     await tenant_with_recipients()
     await _fail_run(db)
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         [claimed] = await repository.claim_due(session, limit=10, lease_s=0.2)
         await session.commit()
     # The "dead" sender never reports back; another one picks the email up after the lease.

@@ -99,14 +99,14 @@ async def tenant_with_data(db: Database, tenant_with_recipients: MakeTenant) -> 
         digest_weekday=1,
         digest_hour=8,
     )
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await load_events(session, "acme", KNOWN_EVENTS, source_id=None)
         await session.commit()
     return "acme"
 
 
 async def _digests(db: Database) -> list[OutboxEmail]:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         result = await session.execute(
             select(OutboxEmail).where(OutboxEmail.kind == "weekly_digest")
         )
@@ -198,7 +198,7 @@ async def test_digest_is_queued_once_per_week_even_with_concurrent_schedulers(
     assert await run_digest_tick(db, now=NOW + timedelta(hours=1)) == 0
     assert await run_digest_tick(db, now=NOW + timedelta(days=3)) == 0
     assert len(await _digests(db)) == 2
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         slots = (await session.execute(select(DigestSlot))).scalars().all()
     assert [(s.tenant_id, s.week_start) for s in slots] == [("acme", date(2026, 11, 23))]
     # The next week's slot is a new digest.
@@ -215,7 +215,7 @@ async def test_no_digest_before_the_hour_when_disabled_or_long_overdue(
     await tenant_with_recipients(weekly_digest=False)
     assert await run_digest_tick(db, now=NOW) == 0
     await tenant_with_recipients(weekly_digest=True, recipients=[])
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         from app.modules.notifications import repository
 
         await repository.upsert_preferences(session, "acme", {"recipients": []})

@@ -41,7 +41,7 @@ async def sender(
 
 
 async def _recipients(db: Database, tenant_id: str, addresses: list[str]) -> None:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await repository.upsert_preferences(session, tenant_id, {"recipients": addresses})
         await session.commit()
 
@@ -63,7 +63,7 @@ async def test_failed_run_emails_once_and_the_next_success_emails_a_recovery(
         [alert] = await smtp_server.wait_for(1)
 
         # Fix the source: the next run succeeds and the admins hear that it recovered.
-        async with ingest.db.session() as session:
+        async with ingest.db.session(all_tenants=True) as session:
             await ingestion_service.update_source(
                 session,
                 ingest.box,

@@ -43,7 +43,7 @@ async def sender(
 
 
 async def _failed(db: Database, *, source_name: str, error: str) -> None:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await notify_run_outcome(
             session,
             tenant_id="acme",

@@ -17,7 +17,7 @@ async def _outcome(
     db: Database, source_id: uuid.UUID, status: str, *, run_id: uuid.UUID | None = None
 ) -> uuid.UUID:
     run_id = run_id or uuid.uuid4()
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         await notify_run_outcome(
             session,
             tenant_id="acme",
@@ -34,7 +34,7 @@ async def _outcome(
 
 
 async def _outbox(db: Database) -> list[OutboxEmail]:
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         result = await session.execute(select(OutboxEmail).order_by(OutboxEmail.created_at))
         return list(result.scalars().all())
 
@@ -65,7 +65,7 @@ async def test_no_recipients_queues_nothing(
     db: Database, tenant_with_recipients: MakeTenant
 ) -> None:
     await tenant_with_recipients()
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         from app.modules.notifications import repository
 
         await repository.upsert_preferences(session, "acme", {"recipients": []})
@@ -117,7 +117,7 @@ async def test_old_sent_and_failed_emails_are_purged_but_pending_ones_kept(
     await _outcome(db, uuid.uuid4(), "failed")
     rows = await _outbox(db)
     statuses = dict(zip((r.id for r in rows), ("sent", "failed", "pending"), strict=True))
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         for email_id, status in statuses.items():
             await session.execute(
                 update(OutboxEmail)

@@ -131,10 +131,10 @@ async def test_delete_removes_tenant(client: httpx.AsyncClient, auth_headers: Au
 async def test_service_functions_for_other_modules(
     app: Litestar, client: httpx.AsyncClient
 ) -> None:
-    async with app.state.db.session() as session:
+    async with app.state.db.session(all_tenants=True) as session:
         await create_tenant(session, TenantCreate(id="acme", name="Acme", timezone="Europe/Berlin"))
         await session.commit()
-    async with app.state.db.session() as session:
+    async with app.state.db.session(all_tenants=True) as session:
         tenant = await get_tenant(session, "acme")
         config = await get_tenant_config(session, "acme")
     assert tenant.name == "Acme"

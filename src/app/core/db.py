@@ -4,7 +4,14 @@ Pulse has exactly one :class:`Database` per process: one SQLAlchemy
 ``AsyncEngine`` (asyncpg) and its pool, created in the lifespan and disposed at
 shutdown. Request handlers receive an ``AsyncSession`` through dependency
 injection that commits on success and rolls back on error; background work opens
-``async with db.session()`` per unit of work and commits explicitly.
+``async with db.session(tenant_id=...)`` per unit of work and commits explicitly.
+
+Row-level security (migration 0006) is the second wall behind every query's
+``tenant_id`` filter: each transaction states whose rows it may see with the
+per-transaction settings ``pulse.tenant_id`` (one tenant) or ``pulse.all_tenants``
+(work that spans tenants: scheduler, sender, reaper, operator routes). A session
+carries that context in ``session.info`` and sets it when its transaction begins;
+a session without context sees no tenant-owned row at all.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from litestar import Request
 from litestar.datastructures import State
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -23,7 +32,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 
 from app.core.settings import Settings
 
@@ -50,12 +59,73 @@ def async_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
+# --- tenant context for row-level security ----------------------------------
+TENANT_KEY = "pulse.tenant_id"
+ALL_TENANTS_KEY = "pulse.all_tenants"
+_BOUND_TENANT = "pulse.bound_tenant"
+_SET_CONTEXT = text(
+    "SELECT set_config('pulse.tenant_id', :tenant_id, true),"
+    " set_config('pulse.all_tenants', :all_tenants, true)"
+)
+
+
+def tenant_context(tenant_id: str | None = None, *, all_tenants: bool = False) -> dict[str, Any]:
+    """The ``session.info`` entries that select whose rows a session's transactions see."""
+    if tenant_id is not None and all_tenants:
+        raise ValueError("a unit of work is either one tenant's or all tenants', not both")
+    return {TENANT_KEY: tenant_id, ALL_TENANTS_KEY: all_tenants}
+
+
+class TenantSession(Session):
+    """A Session that sets the row-level-security context when its transaction begins."""
+
+
+@event.listens_for(TenantSession, "after_begin")
+def _set_tenant_context(
+    session: Session, transaction: SessionTransaction, connection: Connection
+) -> None:
+    # Runs when the session first needs its connection, so a session that sends no
+    # statement pays nothing. Always sent, also without context: that resets (for this
+    # transaction) whatever a pooled connection still has at session level from
+    # bind_tenant, so a unit of work without context sees no tenant's rows.
+    connection.execute(
+        _SET_CONTEXT,
+        {
+            "tenant_id": session.info.get(TENANT_KEY) or "",
+            "all_tenants": "on" if session.info.get(ALL_TENANTS_KEY) else "off",
+        },
+    )
+
+
+async def bind_tenant(conn: AsyncConnection, tenant_id: str) -> None:
+    """Bind an autocommit read connection to ``tenant_id`` for row-level security.
+
+    Autocommit reads have no transaction for a ``SET LOCAL``-style setting to live in,
+    so the tenant is set at session level (``set_config(..., false)``) and stays with
+    the pooled connection. ``conn.info`` lives exactly as long as the DBAPI connection
+    (it is cleared when the connection is replaced), so it records which tenant is
+    bound: the extra round trip is paid only when the connection last served another
+    tenant (or is new). A transaction on the same connection later overrides the value
+    locally in :func:`_set_tenant_context`, so a session-level leftover never widens
+    what a unit of work sees. Autocommit connections only: inside a transaction that
+    rolls back, PostgreSQL would undo the setting while ``conn.info`` still recorded it.
+    """
+    if conn.info.get(_BOUND_TENANT) == tenant_id:
+        return
+    await conn.execute(
+        text("SELECT set_config('pulse.tenant_id', :tenant_id, false)"), {"tenant_id": tenant_id}
+    )
+    conn.info[_BOUND_TENANT] = tenant_id
+
+
 class Database:
     """Owns the process's engine and session factory."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        self.sessionmaker = async_sessionmaker(
+            engine, expire_on_commit=False, sync_session_class=TenantSession
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str) -> Database:
@@ -83,11 +153,25 @@ class Database:
         )
         return cls(engine)
 
+    def new_session(
+        self, tenant_id: str | None = None, *, all_tenants: bool = False
+    ) -> AsyncSession:
+        """A session whose transactions see ``tenant_id``'s rows (or, explicitly, every
+        tenant's); the caller closes it. Prefer :meth:`session`."""
+        return self.sessionmaker(info=tenant_context(tenant_id, all_tenants=all_tenants))
+
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
+    async def session(
+        self, tenant_id: str | None = None, *, all_tenants: bool = False
+    ) -> AsyncIterator[AsyncSession]:
         """A session for one unit of background work. The caller commits explicitly;
-        anything not committed is rolled back when the block exits."""
-        async with self.sessionmaker() as session:
+        anything not committed is rolled back when the block exits.
+
+        Row-level security: pass the tenant the work belongs to, or ``all_tenants=True``
+        for work that spans tenants (claiming across tenants, reaping, scheduling); a
+        session with neither sees no tenant-owned row.
+        """
+        async with self.new_session(tenant_id, all_tenants=all_tenants) as session:
             yield session
 
     async def dispose(self) -> None:
@@ -107,9 +191,22 @@ def get_database(state: State) -> Database:
     return db
 
 
-async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
+def request_tenant_context(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Whose rows a request's session sees: the route's ``tenant_id`` path parameter;
+    routes without one see every tenant only when they are operator routes (listing or
+    creating tenants), otherwise no tenant-owned row."""
+    tenant_id = request.path_params.get("tenant_id")
+    if tenant_id is not None:
+        return tenant_context(str(tenant_id))
+    operator_route = request.route_handler.opt.get("role") == "operator"
+    return tenant_context(all_tenants=operator_route)
+
+
+async def provide_db_session(
+    state: State, request: Request[Any, Any, Any]
+) -> AsyncIterator[AsyncSession]:
     """Request-scoped session: commit if the handler succeeded, roll back if it raised."""
-    async with get_database(state).sessionmaker() as session:
+    async with get_database(state).sessionmaker(info=request_tenant_context(request)) as session:
         try:
             yield session
         except BaseException:
@@ -155,5 +252,31 @@ async def copy_rows(
     driver = await raw_connection(conn)
     await driver.copy_records_to_table(
         table, records=records, columns=list(columns), schema_name=schema
+    )
+    return len(records)
+
+
+async def copy_rows_through_staging(
+    session: AsyncSession, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> int:
+    """Like :func:`copy_rows`, into a table under row-level security.
+
+    PostgreSQL refuses ``COPY FROM`` into a table with row-level security for a role the
+    policies bind ("COPY FROM not supported with row-level security"). So the rows go by
+    COPY into a temporary table shaped like ``table`` (dropped at commit), then into
+    ``table`` with one ``INSERT ... SELECT``, which the policy checks row by row.
+    """
+    records = rows if isinstance(rows, list) else list(rows)
+    if not records:
+        return 0
+    staging = f"pulse_copy_{table}"
+    column_list = ", ".join(f'"{c}"' for c in columns)
+    await session.execute(text(f"DROP TABLE IF EXISTS pg_temp.{staging}"))
+    await session.execute(
+        text(f"CREATE TEMPORARY TABLE {staging} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP")
+    )
+    await copy_rows(session, staging, columns, records, schema="pg_temp")
+    await session.execute(
+        text(f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM pg_temp.{staging}")
     )
     return len(records)

@@ -70,7 +70,7 @@ def build_lifespan(
         async with AsyncExitStack() as stack:
             url = await resolve_database_url(settings, stack)
             if settings.env == "development":
-                await asyncio.to_thread(upgrade_to_head, url)
+                await asyncio.to_thread(upgrade_to_head, settings.migration_database_url or url)
                 log.info("db.migrated")
             state.migration_head = await asyncio.to_thread(head_revisions)
 

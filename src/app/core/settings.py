@@ -55,6 +55,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
     # --- database ----------------------------------------------------------
     database_url: str | None = None
+    # The schema owner's URL for migrations (the app's own role owns no table so that
+    # row-level security applies to it); unset: PULSE_DATABASE_URL.
+    migration_database_url: str | None = None
     db_pool_size: PositiveInt = 10
     db_max_overflow: NonNegativeInt = 10
     db_pool_timeout_s: PositiveFloat = 5.0
@@ -65,6 +68,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # --- outbound HTTP ----------------------------------------------------
     http_timeout_s: PositiveFloat = 10.0
     http_max_connections: PositiveInt = 100
+    # Tenant-configured destinations (SFTP hosts, BigQuery endpoints) that may resolve to
+    # loopback, private, link-local or metadata addresses: comma-separated CIDRs and host
+    # names. Unset: none, except loopback in development.
+    outbound_allow: str | None = None
 
     # --- event-loop watchdog ----------------------------------------------
     loop_lag_warn_ms: PositiveInt = 100
@@ -152,6 +159,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return "json" if self.is_production else "console"
 
     @property
+    def effective_migration_url(self) -> str | None:
+        return self.migration_database_url or self.database_url
+
+    @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
 
@@ -201,12 +212,21 @@ def _check_semantics(settings: Settings) -> list[str]:
         problems.append("PULSE_DATABASE_URL is required when PULSE_ENV=production")
     if settings.is_production and not settings.secret_key:
         problems.append("PULSE_SECRET_KEY is required when PULSE_ENV=production")
-    if settings.database_url and not settings.database_url.startswith(
-        ("postgresql://", "postgresql+asyncpg://", "postgres://")
+    for variable, url in (
+        ("PULSE_DATABASE_URL", settings.database_url),
+        ("PULSE_MIGRATION_DATABASE_URL", settings.migration_database_url),
     ):
-        problems.append(
-            "PULSE_DATABASE_URL must be a PostgreSQL URL (postgresql+asyncpg://user:pass@host/db)"
-        )
+        if url and not url.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+            problems.append(
+                f"{variable} must be a PostgreSQL URL (postgresql+asyncpg://user:pass@host/db)"
+            )
+    if settings.outbound_allow:
+        from app.core.outbound import parse_allow_list
+
+        try:
+            parse_allow_list(settings.outbound_allow)
+        except ValueError as exc:
+            problems.append(f"PULSE_OUTBOUND_ALLOW: {exc}")
     for name in settings.oidc_algorithms.split(","):
         if name.strip() not in {
             "RS256",

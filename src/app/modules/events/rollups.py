@@ -52,7 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.cpu import background_slice
-from app.core.db import Base, copy_rows
+from app.core.db import Base, copy_rows_through_staging
 
 log = structlog.get_logger("app.events.rollups")
 
@@ -512,7 +512,9 @@ async def _rebuild_grain(
             )
         await session.execute(_CLOSE)
         await session.execute(_SORT_ON)
-        written += await copy_rows(session, "stats_rollups", ROLLUP_COLUMNS, records)
+        written += await copy_rows_through_staging(
+            session, "stats_rollups", ROLLUP_COLUMNS, records
+        )
     return written
 
 

@@ -139,7 +139,7 @@ class BatchLoader:
         )
         events, rejected = await validate_batch(batch)
         if self._pending is None:
-            session = self._db.sessionmaker()
+            session = self._db.new_session(self._tenant_id)
             # A load may wait its turn behind other loads of the tenant (see EventLoad)
             # and rebuild rollups: longer than a request's statement timeout allows.
             await session.execute(_LOAD_STATEMENT_TIMEOUT)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Database
 from app.core.errors import error_responses
+from app.core.outbound import policy_for
 from app.core.settings import Settings
 from app.modules.ingestion import schemas, service
 from app.modules.ingestion.state import IngestionState, ingestion_state
@@ -61,7 +62,8 @@ class SourceController(Controller):
         state: State,
     ) -> schemas.Source:
         box = ingestion_state(state).secret_box
-        return await service.create_source(db_session, box, tenant_id, data)
+        outbound = policy_for(state.settings)
+        return await service.create_source(db_session, box, tenant_id, data, outbound=outbound)
 
     @get(
         "/",
@@ -103,7 +105,10 @@ class SourceController(Controller):
         state: State,
     ) -> schemas.Source:
         box = ingestion_state(state).secret_box
-        return await service.update_source(db_session, box, tenant_id, source_id, data)
+        outbound = policy_for(state.settings)
+        return await service.update_source(
+            db_session, box, tenant_id, source_id, data, outbound=outbound
+        )
 
     @delete(
         "/{source_id:uuid}",
@@ -144,6 +149,7 @@ class SourceController(Controller):
             timeout_s=settings.ingest_test_timeout_s,
             http=getattr(state, "http", None),
             executor=getattr(state, "bigquery_pool", None),
+            outbound=policy_for(settings),
         )
 
     @post(
@@ -284,7 +290,7 @@ async def _progress_events(
 ) -> AsyncIterator[dict[str, Any]]:
     last: bytes | None = None
     while True:
-        async with asyncio.timeout(10), db.session() as session:
+        async with asyncio.timeout(10), db.session(tenant_id) as session:
             run = await service.get_run(session, tenant_id, run_id)
         body = msgspec.json.encode(run)
         if body != last:

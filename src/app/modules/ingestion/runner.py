@@ -29,6 +29,7 @@ from sqlalchemy import exc as sa_exc
 
 from app.core.crypto import SecretBox
 from app.core.db import Database
+from app.core.outbound import policy_for
 from app.core.settings import Settings
 from app.modules.ingestion import repository
 from app.modules.ingestion.connectors import get_connector
@@ -166,7 +167,10 @@ class Runner:
     async def _claim(self) -> repository.ClaimedRun | None:
         for _ in range(3):
             try:
-                async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as session:
+                async with (
+                    asyncio.timeout(DB_STEP_TIMEOUT_S),
+                    self.db.session(all_tenants=True) as session,
+                ):
                     claimed = await repository.claim_next_run(
                         session, owner=self.owner, lease_s=self.lease_s
                     )
@@ -201,7 +205,7 @@ class Runner:
 
     async def reap_expired(self) -> int:
         """Re-queue runs whose worker stopped renewing its lease (or fail them if spent)."""
-        async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as session:
+        async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(all_tenants=True) as session:
             expired = await repository.lock_expired_runs(session)
             for run in expired:
                 if run.attempt >= run.max_attempts:
@@ -223,7 +227,7 @@ class Runner:
         ids = [i for i, a in self.active.items() if not a.cancel.is_set()]
         if not ids:
             return
-        async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as session:
+        async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(all_tenants=True) as session:
             for run_id in await repository.cancel_requested(session, ids):
                 if run_id in self.active:
                     self.active[run_id].cancel.set()
@@ -266,7 +270,10 @@ class Runner:
 
     async def _record(self, run: repository.ClaimedRun, status: str, **error: Any) -> None:
         try:
-            async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as session:
+            async with (
+                asyncio.timeout(DB_STEP_TIMEOUT_S),
+                self.db.session(run.tenant_id) as session,
+            ):
                 await record_outcome(session, run.id, owner=self.owner, status=status, **error)
                 await session.commit()
         except Exception:
@@ -299,7 +306,10 @@ class Runner:
             max_s=self.settings.ingest_retry_max_s,
         )
         try:
-            async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as session:
+            async with (
+                asyncio.timeout(DB_STEP_TIMEOUT_S),
+                self.db.session(run.tenant_id) as session,
+            ):
                 await repository.retry_run(
                     session,
                     run.id,
@@ -318,7 +328,10 @@ class Runner:
 
     async def _release(self, run: repository.ClaimedRun) -> None:
         try:
-            async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as session:
+            async with (
+                asyncio.timeout(DB_STEP_TIMEOUT_S),
+                self.db.session(run.tenant_id) as session,
+            ):
                 await repository.release_run(session, run.id, owner=self.owner)
                 await session.commit()
             log.info("run.released", run_id=str(run.id), owner=self.owner)
@@ -331,7 +344,10 @@ class Runner:
         while not load.done():
             await asyncio.sleep(self.heartbeat_s)
             try:
-                async with asyncio.timeout(self.lease_s / 2), self.db.session() as session:
+                async with (
+                    asyncio.timeout(self.lease_s / 2),
+                    self.db.session(run.tenant_id) as session,
+                ):
                     state = await repository.heartbeat(
                         session,
                         run.id,
@@ -362,7 +378,7 @@ class Runner:
 
     async def _load(self, active: ActiveRun) -> None:
         run = active.run
-        async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as session:
+        async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(run.tenant_id) as session:
             source = await repository.source_for_run(session, run.source_id)
         if source is None:
             raise TerminalError("the source was deleted")
@@ -387,7 +403,7 @@ class Runner:
         )
 
         async def imported_files() -> dict[str, list[LedgerEntry]]:
-            async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session() as s:
+            async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(source.tenant_id) as s:
                 return await repository.imported_files(s, source.id)
 
         ctx = ExtractContext(
@@ -407,6 +423,7 @@ class Runner:
             progress=active.progress,
             is_cancelled=lambda: active.cancel.is_set() or self._stopping,
             imported_files=imported_files,
+            outbound=policy_for(self.settings),
         )
         loader = BatchLoader(
             self.db,

@@ -187,7 +187,7 @@ class Scheduler:
     async def tick(self, now: datetime | None = None) -> int:
         """Queue every due slot; returns how many runs were created."""
         now = now or datetime.now(UTC)
-        async with self.db.session() as session:
+        async with self.db.session(all_tenants=True) as session:
             sources = await _due_sources(session)
         created = 0
         for source in sources:
@@ -204,7 +204,7 @@ class Scheduler:
                     window = (dates.start, dates.end) if dates else None
                 except msgspec.ValidationError:
                     log.warning("scheduler.invalid_config", source_id=str(source.id))
-            async with self.db.session() as session:
+            async with self.db.session(source.tenant_id) as session:
                 run_id = await schedule_slot(
                     session,
                     source,

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.crypto import DecryptionFailed, SecretBox
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.outbound import STRICT, OutboundPolicy, OutboundRefused
 from app.modules.ingestion import schemas
 from app.modules.ingestion.connectors import connector_kinds, get_connector
 from app.modules.ingestion.connectors.base import Connector, SourceContext
@@ -51,6 +52,19 @@ def _typed(value: dict[str, Any], type_: type[msgspec.Struct], field: str) -> ms
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
         raise Invalid(f"invalid {field}: {exc}", field=field) from None
+
+
+def _check_outbound(config: msgspec.Struct, outbound: OutboundPolicy | None) -> None:
+    """An endpoint override is honoured only for a host the operator allows
+    (PULSE_OUTBOUND_ALLOW); SFTP hosts are checked when connecting, on the resolved
+    address."""
+    endpoint = getattr(config, "api_endpoint", None)
+    if not endpoint:
+        return
+    try:
+        (outbound or STRICT).check_endpoint(endpoint)
+    except OutboundRefused as exc:
+        raise Invalid(f"config.api_endpoint: {exc}", field="config.api_endpoint") from None
 
 
 def _check_schedule(schedule: schemas.Schedule | None) -> None:
@@ -116,11 +130,17 @@ async def _flush_unique_name(session: AsyncSession, name: str) -> None:
 
 
 async def create_source(
-    session: AsyncSession, box: SecretBox, tenant_id: str, data: schemas.SourceCreate
+    session: AsyncSession,
+    box: SecretBox,
+    tenant_id: str,
+    data: schemas.SourceCreate,
+    *,
+    outbound: OutboundPolicy | None = None,
 ) -> schemas.Source:
     """Validate config and secrets for the kind, encrypt the secrets, store the source."""
     connector = _connector(data.kind)
     config = _typed(data.config, connector.config_type, "config")
+    _check_outbound(config, outbound)
     secrets = _typed(data.secrets or {}, connector.secrets_type, "secrets")
     _check_schedule(data.schedule)
     source_id = uuid.uuid4()
@@ -166,6 +186,8 @@ async def update_source(
     tenant_id: str,
     source_id: uuid.UUID,
     data: schemas.SourceUpdate,
+    *,
+    outbound: OutboundPolicy | None = None,
 ) -> schemas.Source:
     """Change what is given; new secrets replace the old ones entirely."""
     source = await _get_source(session, tenant_id, source_id)
@@ -173,7 +195,9 @@ async def update_source(
     if data.name is not msgspec.UNSET:
         source.name = data.name
     if data.config is not msgspec.UNSET:
-        source.config = msgspec.to_builtins(_typed(data.config, connector.config_type, "config"))
+        config = _typed(data.config, connector.config_type, "config")
+        _check_outbound(config, outbound)
+        source.config = msgspec.to_builtins(config)
     if data.secrets is not msgspec.UNSET:
         secrets = _typed(data.secrets or {}, connector.secrets_type, "secrets")
         source.secrets_ciphertext = seal(box, tenant_id, source_id, secrets)
@@ -229,6 +253,7 @@ async def check_source(
     timeout_s: float,
     http: httpx.AsyncClient | None = None,
     executor: ThreadPoolExecutor | None = None,
+    outbound: OutboundPolicy | None = None,
 ) -> schemas.SourceTestResult:
     """Run the connector's connectivity check within ``timeout_s``; never raises for it."""
     source = await _get_source(session, tenant_id, source_id)
@@ -256,6 +281,7 @@ async def check_source(
             timezone=tz_name,
             http=http,
             executor=executor,
+            outbound=outbound,
         )
         async with asyncio.timeout(timeout_s):
             result = await connector.test(ctx)
@@ -280,8 +306,16 @@ async def check_source(
             tenant_id=tenant_id,
             source_id=str(source_id),
             error_class=type(exc).__name__,
+            error=str(exc)[:500],
         )
-        checks.append(schemas.SourceTestCheck(name="connection", ok=False, detail=str(exc)[:500]))
+        # Not str(exc): an unclassified error may carry what the remote answered.
+        checks.append(
+            schemas.SourceTestCheck(
+                name="connection",
+                ok=False,
+                detail=f"unexpected error ({type(exc).__name__}); the server log has details",
+            )
+        )
     return schemas.SourceTestResult(
         ok=ok, duration_ms=int((time.perf_counter() - started) * 1000), checks=checks
     )

@@ -189,7 +189,7 @@ async def run_digest_tick(db: Database, now: datetime | None = None) -> int:
     Returns how many digests this call queued (0 when another replica got there first).
     """
     now = now or datetime.now(UTC)
-    async with db.session() as session:
+    async with db.session(all_tenants=True) as session:
         candidates = await repository.tenants_with_digest(session)
         done = await repository.recent_digest_slots(
             session, since=now - CATCH_UP - timedelta(days=7)
@@ -197,7 +197,7 @@ async def run_digest_tick(db: Database, now: datetime | None = None) -> int:
     queued = 0
     for preferences in candidates:
         try:
-            async with db.session() as session:
+            async with db.session(preferences.tenant_id) as session:
                 if await queue_digest_if_due(session, preferences, now, already_done=done):
                     await session.commit()
                     queued += 1
@@ -214,7 +214,7 @@ async def purge_old_emails(db: Database, now: datetime | None = None) -> int:
     cutoff = (now or datetime.now(UTC)) - OUTBOX_RETENTION
     total = 0
     while True:
-        async with db.session() as session:
+        async with db.session(all_tenants=True) as session:
             deleted = await repository.purge_finished(session, older_than=cutoff, limit=1000)
             await session.commit()
         total += deleted

@@ -130,7 +130,7 @@ class OutboxSender:
 
     async def drain_once(self) -> int:
         """Claim one burst of due emails and deliver it; returns how many were claimed."""
-        async with self.db.session() as session:
+        async with self.db.session(all_tenants=True) as session:
             claimed = await repository.claim_due(
                 session, limit=self.batch_size, lease_s=self.lease_s
             )
@@ -185,7 +185,7 @@ class OutboxSender:
         )
 
     async def _record_sent(self, email: ClaimedEmail) -> None:
-        async with self.db.session() as session:
+        async with self.db.session(email.tenant_id) as session:
             await repository.mark_sent(
                 session, email.id, f"<{email.id}@{self.target.local_hostname}>"
             )
@@ -201,7 +201,7 @@ class OutboxSender:
 
     async def _record_failure(self, email: ClaimedEmail, exc: DeliveryError) -> None:
         final = exc.permanent or email.attempts >= self.max_attempts
-        async with self.db.session() as session:
+        async with self.db.session(email.tenant_id) as session:
             if final:
                 await repository.mark_failed(session, email.id, exc.reason)
             else:
@@ -222,7 +222,7 @@ class OutboxSender:
     async def _release(self, emails: Sequence[ClaimedEmail], error: str | None) -> None:
         if not emails:
             return
-        async with self.db.session() as session:
+        async with self.db.session(all_tenants=True) as session:
             await repository.release(session, [e.id for e in emails], error)
             await session.commit()
         log.debug("notifications.claims_released", count=len(emails))

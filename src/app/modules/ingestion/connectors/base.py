@@ -31,6 +31,8 @@ from typing import Any, ClassVar, Protocol
 import httpx
 import msgspec
 
+from app.core.outbound import OutboundPolicy
+
 
 class ConnectorError(Exception):
     """Base of connector failures; ``str(exc)`` is shown to admins, so keep secrets out."""
@@ -149,6 +151,9 @@ class SourceContext:
     timezone: str
     http: httpx.AsyncClient | None = None
     executor: ThreadPoolExecutor | None = None
+    # Which tenant-configured destinations may be reached (PULSE_OUTBOUND_ALLOW);
+    # None: public addresses only.
+    outbound: OutboundPolicy | None = None
 
 
 @dataclass

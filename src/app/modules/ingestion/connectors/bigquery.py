@@ -30,6 +30,7 @@ import structlog
 from google.api_core.retry import Retry
 from google.cloud import bigquery
 
+from app.core.outbound import STRICT, OutboundPolicy, OutboundRefused
 from app.modules.ingestion.connectors import bigquery_client as bq
 from app.modules.ingestion.connectors import register_connector
 from app.modules.ingestion.connectors.base import (
@@ -82,6 +83,15 @@ class BigQuerySecrets(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     service_account_json: str | dict[str, Any] | None = None
 
 
+def check_endpoint_override(url: str, outbound: OutboundPolicy | None) -> None:
+    """``api_endpoint`` sends the query (with anonymous credentials) wherever a tenant
+    admin points it: honoured only for a host the operator allows."""
+    try:
+        (outbound or STRICT).check_endpoint(url)
+    except OutboundRefused as exc:
+        raise TerminalError(f"config.api_endpoint: {exc}") from None
+
+
 class _Blocking:
     """Runs the blocking client on the app's BigQuery pool, each call within a timeout."""
 
@@ -121,6 +131,8 @@ class BigQueryConnector:
         config: BigQueryConfig = ctx.config
         secrets: BigQuerySecrets = ctx.secrets
         info = bq.service_account_info(secrets.service_account_json)
+        if config.api_endpoint:
+            check_endpoint_override(config.api_endpoint, ctx.outbound)
         return await run(
             30, bq.make_client, config.project, config.location, config.api_endpoint, info
         )

@@ -149,6 +149,7 @@ def _endpoint(ctx: SourceContext) -> Endpoint:
         password=secrets.password,
         private_key=secrets.private_key,
         passphrase=secrets.passphrase,
+        outbound=ctx.outbound,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncssh
 
+from app.core.outbound import STRICT, OutboundPolicy, OutboundRefused
 from app.modules.ingestion.connectors.base import ConnectorError, TerminalError, TransientError
 
 
@@ -32,6 +33,7 @@ class Endpoint:
     password: str | None = None
     private_key: str | None = None
     passphrase: str | None = None
+    outbound: OutboundPolicy | None = None
 
 
 @dataclass
@@ -114,6 +116,8 @@ def classify(exc: BaseException, endpoint: Endpoint, check: HostKeyCheck) -> Con
     where = f"{endpoint.username}@{endpoint.host}:{endpoint.port}"
     if isinstance(exc, ConnectorError):
         return exc
+    if isinstance(exc, OutboundRefused):
+        return TerminalError(str(exc))
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         seen = f" (it presented {check.presented})" if check.presented else ""
         return TerminalError(
@@ -148,7 +152,13 @@ async def open_sftp(endpoint: Endpoint) -> AsyncIterator[asyncssh.SFTPClient]:
     options, check = connect_options(endpoint, key)
     try:
         async with asyncio.timeout(endpoint.connect_timeout_s + endpoint.login_timeout_s + 5):
-            conn = await asyncssh.connect(endpoint.host, **options)
+            # Connect to the address that passed the outbound check, not to the name
+            # (which could resolve elsewhere a moment later); the host key is pinned
+            # by key, and the alias keeps the configured name for asyncssh's messages.
+            target = await (endpoint.outbound or STRICT).resolve(
+                endpoint.host, endpoint.port, timeout_s=endpoint.connect_timeout_s
+            )
+            conn = await asyncssh.connect(target.address, host_key_alias=endpoint.host, **options)
             sftp = await conn.start_sftp_client()
     except Exception as exc:
         raise classify(exc, endpoint, check) from exc
