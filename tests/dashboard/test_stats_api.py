@@ -433,7 +433,9 @@ async def test_rate_limit_per_tenant_with_headers_and_retry_after(
 ) -> None:
     await make_tenant("acme")
     await make_tenant("globex")
-    app = create_app(make_settings(database_url, stats_rate_limit_per_minute=3))
+    app = create_app(
+        make_settings(database_url, stats_rate_limit_per_minute=3, stats_rate_limit_burst=3)
+    )
     async with serve_in_process(app) as http:
         acme = auth_headers("acme", "viewer")
         remaining = []

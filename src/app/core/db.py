@@ -4,18 +4,29 @@ Pulse has exactly one :class:`Database` per process: one SQLAlchemy
 ``AsyncEngine`` (asyncpg) and its pool, created in the lifespan and disposed at
 shutdown. Request handlers receive an ``AsyncSession`` through dependency
 injection that commits on success and rolls back on error; background work opens
-``async with db.session()`` per unit of work and commits explicitly.
+``async with db.session()`` per unit of work and commits explicitly. Read-only
+request work (the stats routes) goes through :meth:`Database.run_read`: one pooled
+connection in autocommit (no BEGIN/COMMIT), bounded by the request timeout, retried
+once on a fresh connection when the first one turns out to be dead.
+
+Connections are not pinged on checkout (a round trip per request). A connection the
+server dropped is noticed by the statement that uses it: SQLAlchemy invalidates it and
+every older pooled connection (``is_disconnect``), and idempotent reads retry once.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import structlog
 from litestar.datastructures import State
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -26,6 +37,9 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 
 from app.core.settings import Settings
+
+log = structlog.get_logger("app.db")
+T = TypeVar("T")
 
 # One metadata for every module's tables, so Alembic sees them all.
 NAMING_CONVENTION = {
@@ -50,12 +64,49 @@ def async_url(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
+def _is_lost_connection(exc: BaseException | None) -> bool:
+    """asyncpg errors that mean the connection itself is gone (not the statement's fault)."""
+    import asyncpg
+
+    return isinstance(
+        exc,
+        asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.ConnectionFailureError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | ConnectionError,
+    )
+
+
+def _mark_disconnects(context: ExceptionContext) -> None:
+    """``handle_error`` hook: a lost connection is a disconnect, so SQLAlchemy drops it
+    and every pooled connection older than it instead of handing them out again."""
+    if context.is_disconnect:
+        return
+    original = context.original_exception
+    if _is_lost_connection(original) or _is_lost_connection(original.__cause__):
+        context.is_disconnect = True
+
+
+async def bind_tenant(conn: AsyncConnection, tenant_id: str) -> None:
+    """Where row-level-security context will be bound for ``tenant_id``.
+
+    Every read connection of the request path passes through here right after checkout
+    (see :meth:`Database.read_session`). It does nothing yet; a row-level-security
+    policy will set its tenant context here (e.g. ``set_config('pulse.tenant_id', ...)``),
+    so replacing this body is the whole change on the Python side.
+    """
+    del conn, tenant_id
+
+
 class Database:
     """Owns the process's engine and session factory."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, request_timeout_s: float = 10.0) -> None:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        self.request_timeout_s = request_timeout_s
+        event.listen(engine.sync_engine, "handle_error", _mark_disconnects)
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str) -> Database:
@@ -64,8 +115,8 @@ class Database:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout_s,
-            # A database restart must not need an app restart: test connections on checkout.
-            pool_pre_ping=True,
+            # No pre-ping (a round trip per checkout): dead connections are detected by
+            # their first statement (handle_error above) and reads retry once.
             pool_recycle=1800,
             connect_args={
                 "timeout": settings.db_connect_timeout_s,
@@ -81,7 +132,7 @@ class Database:
                 },
             },
         )
-        return cls(engine)
+        return cls(engine, request_timeout_s=settings.db_request_timeout_s)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -89,6 +140,50 @@ class Database:
         anything not committed is rolled back when the block exits."""
         async with self.sessionmaker() as session:
             yield session
+
+    @asynccontextmanager
+    async def read_session(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
+        """The one way the request path gets a read connection: pooled, in autocommit
+        (statements are sent without BEGIN/COMMIT), bound to ``tenant_id``.
+
+        The session is only for reading; it never commits. Whatever goes wrong inside
+        (a timeout, a cancellation, a lost connection), the connection is closed at
+        once instead of going back to the pool in an unknown state.
+        """
+        conn = await self.engine.connect()
+        try:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await bind_tenant(conn, tenant_id)
+            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                yield session
+        except (asyncio.CancelledError, TimeoutError, OSError, DBAPIError):
+            # A statement may still be in flight, or the connection is already dead.
+            await discard_connection(conn)
+            raise
+        except BaseException:
+            await conn.close()  # autocommit: nothing to roll back, the connection is fine
+            raise
+        else:
+            await conn.close()
+
+    async def run_read(self, tenant_id: str, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run the idempotent ``read`` on a read session within the request timeout.
+
+        A connection found dead (the server restarted since it was pooled) is retried
+        once on a fresh one; anything else propagates. Every wait (pool, connect,
+        statements) shares the one bound, so a database that stops answering costs a
+        request at most ``PULSE_DB_REQUEST_TIMEOUT_S`` and then a ``TimeoutError``.
+        """
+        async with asyncio.timeout(self.request_timeout_s):
+            for attempt in (1, 2):
+                try:
+                    async with self.read_session(tenant_id) as session:
+                        return await read(session)
+                except DBAPIError as exc:
+                    if attempt == 2 or not exc.connection_invalidated:
+                        raise
+                    log.info("db.read_retried", error=type(exc.orig).__name__)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -100,6 +195,20 @@ class Database:
             "checked_out": pool.checkedout(),
             "overflow": max(pool.overflow(), 0),
         }
+
+
+async def discard_connection(conn: AsyncConnection) -> None:
+    """Close ``conn`` for good without waiting on the server (which may be frozen)."""
+    try:
+        if not conn.invalidated and not conn.closed:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            if driver is not None:
+                driver.terminate()  # closes the socket now, no goodbye message
+            await conn.invalidate()
+        await conn.close()
+    except Exception:
+        log.warning("db.discard_failed", exc_info=True)
 
 
 def get_database(state: State) -> Database:
