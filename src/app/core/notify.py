@@ -52,6 +52,7 @@ class ChangeListener:
         self._live = asyncio.Event()
         self._started = False
         self.subscriptions = 0  # how many times LISTEN succeeded (1 + reconnects)
+        self.losses = 0  # how many times a subscribed connection was lost
         self.backend_pid: int | None = None
 
     @property
@@ -90,6 +91,7 @@ class ChangeListener:
             finally:
                 self._live.clear()
             if self.subscriptions > subscribed_before:
+                self.losses += 1
                 delay = low  # it was up: the first retry comes quickly
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, high)
