@@ -5,6 +5,7 @@ never a hang or a 500; cached answers keep being served; service resumes by itse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -49,10 +50,8 @@ def postgres_processes(data_dir: Path) -> list[int]:
 
 def signal_all(pids: list[int], signum: signal.Signals) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 async def _seed(url: str) -> None:
