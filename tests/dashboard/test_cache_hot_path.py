@@ -133,11 +133,11 @@ async def settle(app: Litestar, db_sessions: Sessions) -> None:
     notification sent now arrives after theirs (PostgreSQL delivers in commit order)."""
     await wait_until(lambda: app.state.notify.live)
     facts = app.state.stats.facts
-    seen = facts.invalidations
+    marker = f"settle-{time.monotonic_ns()}"
     async with db_sessions() as session:
-        await session.execute(text("SELECT pg_notify('pulse_invalidate', 'settle')"))
+        await session.execute(text("SELECT pg_notify('pulse_invalidate', :m)"), {"m": marker})
         await session.commit()
-    await wait_until(lambda: facts.invalidations > seen)
+    await wait_until(lambda: facts.last_invalidated == marker)
 
 
 async def _seed(make_tenant: TenantMaker, load: EventLoader) -> None:

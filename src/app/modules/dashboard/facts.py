@@ -78,6 +78,7 @@ class TenantFactsCache:
         self._inflight: dict[str, asyncio.Future[TenantFacts]] = {}
         self.loads = 0
         self.invalidations = 0
+        self.last_invalidated: str | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -136,6 +137,7 @@ class TenantFactsCache:
     def invalidate(self, tenant_id: str) -> None:
         """The database says ``tenant_id``'s facts changed (a notification's payload)."""
         self.invalidations += 1
+        self.last_invalidated = tenant_id
         self._changes += 1
         self._entries.pop(tenant_id, None)
         self._inflight.pop(tenant_id, None)  # later callers must not join an older read
