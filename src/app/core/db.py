@@ -80,12 +80,32 @@ def _is_lost_connection(exc: BaseException | None) -> bool:
 
 def _mark_disconnects(context: ExceptionContext) -> None:
     """``handle_error`` hook: a lost connection is a disconnect, so SQLAlchemy drops it
-    and every pooled connection older than it instead of handing them out again."""
+    and every pooled connection older than it instead of handing them out again.
+
+    A statement interrupted by a timeout or a cancellation leaves its connection in an
+    unknown state; SQLAlchemy then closes it, politely, waiting up to 2 s for a server
+    that may be frozen. Cutting the socket first makes that close immediate, so a
+    request's database work stays within its bound."""
+    original = context.original_exception
+    if isinstance(original, asyncio.CancelledError | TimeoutError):
+        _abort_driver_connection(context)
+        return
     if context.is_disconnect:
         return
-    original = context.original_exception
     if _is_lost_connection(original) or _is_lost_connection(original.__cause__):
         context.is_disconnect = True
+
+
+def _abort_driver_connection(context: ExceptionContext) -> None:
+    connection = context.connection
+    if connection is None or connection.invalidated or connection.closed:
+        return
+    try:
+        driver: Any = connection.connection.driver_connection
+        if driver is not None:
+            driver.terminate()
+    except Exception:
+        log.warning("db.abort_failed", exc_info=True)
 
 
 async def bind_tenant(conn: AsyncConnection, tenant_id: str) -> None:
