@@ -98,11 +98,14 @@ async def test_frozen_database_answers_503_within_the_request_bound_then_recover
                         for day in range(1, 13)
                     )
                 )
+                ready = await http.get("/health/ready")
         finally:
             signal_all(pids, signal.SIGCONT)
 
         assert cached.status_code == 200
         assert cached.headers["x-cache"] == "hit"
+        assert ready.status_code == 503
+        assert ready.headers["retry-after"]
         for response in frozen:
             assert response.status_code == 503, response.text
             assert response.headers["content-type"] == "application/problem+json"
