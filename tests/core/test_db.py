@@ -73,6 +73,8 @@ def _probe_app(db: Database) -> Litestar:
     async def probe(
         outcome: FromPath[str], db_session: NamedDependency[AsyncSession]
     ) -> dict[str, str]:
+        if outcome == "slow":
+            await db_session.execute(text("SELECT pg_sleep(30)"))
         await db_session.execute(text("INSERT INTO copy_probe (id) VALUES (42)"))
         if outcome == "invalid":
             raise Invalid("nope", field="outcome")
@@ -189,4 +191,30 @@ async def test_a_read_that_outlasts_the_request_timeout_is_a_timeout_error(
         # The connection was discarded, not pooled mid-statement: the next read works.
         assert await database.run_read("acme", lambda s: s.scalar(text("SELECT 1"))) == 1
     finally:
+        await database.dispose()
+
+
+async def test_a_request_sessions_statement_past_the_request_timeout_is_503(
+    settings: Settings,
+) -> None:
+    database = Database.from_settings(
+        msgspec.structs.replace(settings, db_request_timeout_s=0.5), settings.database_url or ""
+    )
+    async with database.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS copy_probe (id int PRIMARY KEY)"))
+        await conn.execute(text("DELETE FROM copy_probe"))
+    try:
+        app = _probe_app(database)
+        # The server would let it run 15 s (statement_timeout); the request bound cuts it.
+        slow = await _post(app, "/probe/slow")
+        assert slow.status_code == 503
+        assert slow.headers["content-type"] == "application/problem+json"
+        assert slow.headers["retry-after"]
+        assert await _count(database) == 0
+        ok = await _post(app, "/probe/ok")
+        assert ok.status_code == 201
+        assert await _count(database) == 1
+    finally:
+        async with database.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM copy_probe"))
         await database.dispose()

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import structlog
 from litestar.datastructures import State
 from sqlalchemy import MetaData, event, text
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -78,6 +78,41 @@ def _is_lost_connection(exc: BaseException | None) -> bool:
     )
 
 
+_BOUND_OPTION = "pulse_statement_bound_s"
+_BOUND_TIMER = "pulse_statement_bound_timer"
+_BOUND_ABORTED = "pulse_statement_bound_aborted"
+
+
+def _arm_statement_bound(
+    conn: Connection, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool
+) -> None:
+    """Before a request session's statement: cut the connection if the statement has not
+    come back within the bound. asyncpg has no per-statement timeout through SQLAlchemy,
+    and the connection-wide one must stay above the bulk loads' long statements; a frozen
+    server would otherwise hold the request for that long."""
+    bound = context.execution_options.get(_BOUND_OPTION) if context is not None else None
+    if not bound:
+        return
+    driver: Any = conn.connection.driver_connection
+    conn.info[_BOUND_TIMER] = asyncio.get_running_loop().call_later(
+        bound, _abort_statement, driver, conn.info
+    )
+
+
+def _disarm_statement_bound(conn: Connection, *_: Any) -> None:
+    timer = conn.info.pop(_BOUND_TIMER, None)
+    if timer is not None:
+        timer.cancel()
+
+
+def _abort_statement(driver: Any, info: dict[Any, Any]) -> None:
+    info.pop(_BOUND_TIMER, None)
+    if not driver.is_closed():
+        log.warning("db.statement_bound_exceeded")
+        info[_BOUND_ABORTED] = True
+        driver.terminate()  # the statement fails with a lost connection: 503
+
+
 def _mark_disconnects(context: ExceptionContext) -> None:
     """``handle_error`` hook: a lost connection is a disconnect, so SQLAlchemy drops it
     and every pooled connection older than it instead of handing them out again.
@@ -87,6 +122,13 @@ def _mark_disconnects(context: ExceptionContext) -> None:
     that may be frozen. Cutting the socket first makes that close immediate, so a
     request's database work stays within its bound."""
     original = context.original_exception
+    if context.connection is not None:
+        _disarm_statement_bound(context.connection)
+        if context.connection.info.pop(_BOUND_ABORTED, False):
+            # Cut by the request bound, not lost: the other pooled connections are fine.
+            context.is_disconnect = True
+            context.invalidate_pool_on_disconnect = False
+            return
     if isinstance(original, asyncio.CancelledError | TimeoutError):
         _abort_driver_connection(context)
         return
@@ -126,7 +168,15 @@ class Database:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         self.request_timeout_s = request_timeout_s
+        # Request sessions: every statement bounded by the request timeout (see
+        # _arm_statement_bound); jobs use the plain sessionmaker and their own bounds.
+        self.request_sessionmaker = async_sessionmaker(
+            engine.execution_options(**{_BOUND_OPTION: request_timeout_s}),
+            expire_on_commit=False,
+        )
         event.listen(engine.sync_engine, "handle_error", _mark_disconnects)
+        event.listen(engine.sync_engine, "before_cursor_execute", _arm_statement_bound)
+        event.listen(engine.sync_engine, "after_cursor_execute", _disarm_statement_bound)
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str) -> Database:
@@ -237,16 +287,22 @@ def get_database(state: State) -> Database:
 
 
 async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
-    """Request-scoped session: commit if the handler succeeded, roll back if it raised."""
-    async with get_database(state).sessionmaker() as session:
+    """Request-scoped session: commit if the handler succeeded, roll back if it raised.
+
+    Each of its statements, and the commit or rollback, is bounded by the request
+    timeout (``PULSE_DB_REQUEST_TIMEOUT_S``); the handler's other work is not."""
+    db = get_database(state)
+    async with db.request_sessionmaker() as session:
         try:
             yield session
         except BaseException:
-            await session.rollback()
+            async with asyncio.timeout(db.request_timeout_s):
+                await session.rollback()
             raise
         else:
             if session.in_transaction():
-                await session.commit()
+                async with asyncio.timeout(db.request_timeout_s):
+                    await session.commit()
 
 
 async def raw_connection(conn: AsyncConnection | AsyncSession) -> Any:
