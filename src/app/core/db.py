@@ -3,7 +3,9 @@
 Pulse has exactly one :class:`Database` per process: one SQLAlchemy
 ``AsyncEngine`` (asyncpg) and its pool, created in the lifespan and disposed at
 shutdown. Request handlers receive an ``AsyncSession`` through dependency
-injection that commits on success and rolls back on error; background work opens
+injection that commits on success and rolls back on error, each of its statements
+bounded by the request timeout (a frozen server must not hold a request for the
+bulk loads' long client-side timeout); background work opens
 ``async with db.session()`` per unit of work and commits explicitly. Read-only
 request work (the stats routes) goes through :meth:`Database.run_read`: one pooled
 connection in autocommit (no BEGIN/COMMIT), bounded by the request timeout, retried
