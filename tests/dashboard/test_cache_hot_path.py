@@ -8,7 +8,7 @@ import asyncio
 import contextvars
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ from app.modules.dashboard import runtime as runtime_module
 from app.modules.tenants import TenantSettings, TenantUpdate, update_tenant
 from tests.conftest import make_settings, serve_in_process
 from tests.fixtures.events import EventLoader, Sessions, TenantMaker, make_event
+from tests.fixtures.notify import settle, wait_until
 
 BASE = "/api/v1/tenants/acme/stats"
 SUMMARY = f"{BASE}/summary?date_range=2026-03-01,2026-03-31"
@@ -113,31 +114,6 @@ async def request(http: httpx.AsyncClient, url: str, headers: dict[str, str]) ->
     for _ in range(3):  # asyncpg calls query loggers with call_soon
         await asyncio.sleep(0)
     return response
-
-
-async def wait_until(condition: Callable[[], Any], *, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
-
-
-async def settle(app: Litestar, db_sessions: Sessions) -> None:
-    """Wait until ``app`` listens and has received every change committed so far: a
-    notification sent now arrives after theirs (PostgreSQL delivers in commit order)."""
-    await wait_until(lambda: app.state.notify.live)
-    facts = app.state.stats.facts
-    marker = f"settle-{time.monotonic_ns()}"
-    async with db_sessions() as session:
-        await session.execute(text("SELECT pg_notify('pulse_invalidate', :m)"), {"m": marker})
-        await session.commit()
-    await wait_until(lambda: facts.last_invalidated == marker)
 
 
 async def _seed(make_tenant: TenantMaker, load: EventLoader) -> None:
