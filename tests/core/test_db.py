@@ -1,9 +1,13 @@
-"""The shared engine: request sessions commit or roll back, COPY joins the caller's transaction."""
+"""The shared engine: request sessions commit or roll back, COPY joins the caller's
+transaction, read sessions run in autocommit within the request timeout and survive a
+dropped connection."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import msgspec
@@ -12,9 +16,9 @@ from litestar import Litestar, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from app.core.db import Database, copy_rows, provide_db_session
+from app.core.db import Database, async_url, copy_rows, provide_db_session
 from app.core.errors import Invalid, exception_handlers
 from app.core.settings import Settings
 
@@ -70,6 +74,8 @@ def _probe_app(db: Database) -> Litestar:
     async def probe(
         outcome: FromPath[str], db_session: NamedDependency[AsyncSession]
     ) -> dict[str, str]:
+        if outcome == "slow":
+            await db_session.execute(text("SELECT pg_sleep(30)"))
         await db_session.execute(text("INSERT INTO copy_probe (id) VALUES (42)"))
         if outcome == "invalid":
             raise Invalid("nope", field="outcome")
@@ -116,3 +122,100 @@ async def test_unexpected_error_is_500_without_leaking_details(db: Database) -> 
     assert "Traceback" not in body
     assert response.json()["title"] == "Internal Server Error"
     assert await _count(db) == 0
+
+
+async def _driver_commands(db: Database) -> list[str]:
+    """Install a query logger on every connection checked out from now on; return the
+    list it fills (simple-protocol commands: BEGIN, COMMIT, ROLLBACK, pings)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def on_checkout(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(lambda r: seen.append(r.query))
+
+    event.listen(db.engine.sync_engine, "checkout", on_checkout)
+    return seen
+
+
+async def test_read_session_sends_no_transaction_ceremony_and_binds_the_tenant(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.core.db as db_module
+
+    bound: list[str] = []
+
+    async def bind_tenant(conn: Any, tenant_id: str) -> None:
+        bound.append(tenant_id)
+
+    monkeypatch.setattr(db_module, "bind_tenant", bind_tenant)
+    commands = await _driver_commands(db)
+    value = await db.run_read("acme", lambda s: s.scalar(text("SELECT count(*) FROM copy_probe")))
+    for _ in range(3):  # query loggers run with call_soon
+        await asyncio.sleep(0)
+    assert value == 0
+    assert bound == ["acme"]
+    assert commands == []
+    # Autocommit: what a read session writes is not held in a transaction.
+    await db.run_read("acme", lambda s: s.execute(text("INSERT INTO copy_probe (id) VALUES (7)")))
+    assert await _count(db) == 1
+
+
+async def test_a_read_on_a_connection_the_server_dropped_is_retried_once(
+    db: Database, settings: Settings
+) -> None:
+    async with db.engine.connect() as conn:
+        pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+    # The pooled connection is killed behind the pool's back (as a database restart does).
+    admin = create_async_engine(async_url(settings.database_url or ""))
+    try:
+        async with admin.connect() as other:
+            killed = await other.scalar(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    finally:
+        await admin.dispose()
+    assert killed is True
+    value = await db.run_read(
+        "acme", lambda s: s.scalar(text("SELECT pg_backend_pid() <> :p"), {"p": pid})
+    )
+    assert value is True
+
+
+async def test_a_read_that_outlasts_the_request_timeout_is_a_timeout_error(
+    settings: Settings,
+) -> None:
+    database = Database.from_settings(
+        msgspec.structs.replace(settings, db_request_timeout_s=0.3), settings.database_url or ""
+    )
+    try:
+        with pytest.raises(TimeoutError):
+            await database.run_read("acme", lambda s: s.execute(text("SELECT pg_sleep(30)")))
+        # The connection was discarded, not pooled mid-statement: the next read works.
+        assert await database.run_read("acme", lambda s: s.scalar(text("SELECT 1"))) == 1
+    finally:
+        await database.dispose()
+
+
+async def test_a_request_sessions_statement_past_the_request_timeout_is_503(
+    settings: Settings,
+) -> None:
+    database = Database.from_settings(
+        msgspec.structs.replace(settings, db_request_timeout_s=0.5), settings.database_url or ""
+    )
+    async with database.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS copy_probe (id int PRIMARY KEY)"))
+        await conn.execute(text("DELETE FROM copy_probe"))
+    try:
+        app = _probe_app(database)
+        # The server would let it run 15 s (statement_timeout); the request bound cuts it.
+        slow = await _post(app, "/probe/slow")
+        assert slow.status_code == 503
+        assert slow.headers["content-type"] == "application/problem+json"
+        assert slow.headers["retry-after"]
+        assert await _count(database) == 0
+        ok = await _post(app, "/probe/ok")
+        assert ok.status_code == 201
+        assert await _count(database) == 1
+    finally:
+        async with database.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM copy_probe"))
+        await database.dispose()

@@ -10,12 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 
 from app.main import create_app
 from app.modules.dashboard import StatsQuery, run_query
 from app.modules.dashboard.parsing import resolve_timezone
 from tests.conftest import make_settings, serve_in_process
 from tests.fixtures.events import EventLoader, Sessions, TenantMaker, make_event
+from tests.fixtures.notify import settle
 
 QUERY = "/api/v1/tenants/acme/stats/query"
 BASE = "/api/v1/tenants/acme/stats"
@@ -405,7 +407,12 @@ async def test_csv_export_is_streamed_and_neutralises_formulas(
 
 
 async def test_cache_hits_until_an_import_commits(
-    client: httpx.AsyncClient, make_tenant: TenantMaker, load: EventLoader, viewer: dict[str, str]
+    app: Litestar,
+    client: httpx.AsyncClient,
+    make_tenant: TenantMaker,
+    load: EventLoader,
+    db_sessions: Sessions,
+    viewer: dict[str, str],
 ) -> None:
     await _seed_march(make_tenant, load)
     body = {"metrics": ["events", "users"], "date_range": ["2026-03-10", "2026-03-11"]}
@@ -419,6 +426,7 @@ async def test_cache_hits_until_an_import_commits(
     assert second.json()["meta"]["cached"] is True
     assert second.json()["totals"] == first.json()["totals"]
     await load("acme", [make_event("2026-03-11T12:00:00Z", user_id="u7", session_id="s7")])
+    await settle(app, db_sessions)  # the import's notification reached the app
     third = await client.post(QUERY, json=body, headers=viewer)
     assert third.headers["x-cache"] == "miss"
     assert third.json()["totals"]["events"] == first.json()["totals"]["events"] + 1
@@ -433,7 +441,9 @@ async def test_rate_limit_per_tenant_with_headers_and_retry_after(
 ) -> None:
     await make_tenant("acme")
     await make_tenant("globex")
-    app = create_app(make_settings(database_url, stats_rate_limit_per_minute=3))
+    app = create_app(
+        make_settings(database_url, stats_rate_limit_per_minute=3, stats_rate_limit_burst=3)
+    )
     async with serve_in_process(app) as http:
         acme = auth_headers("acme", "viewer")
         remaining = []
@@ -516,7 +526,12 @@ async def test_empty_tenant_gets_zeros_and_labels(
 
 
 async def test_late_event_changes_an_older_days_rollup(
-    client: httpx.AsyncClient, make_tenant: TenantMaker, load: EventLoader, viewer: dict[str, str]
+    app: Litestar,
+    client: httpx.AsyncClient,
+    make_tenant: TenantMaker,
+    load: EventLoader,
+    db_sessions: Sessions,
+    viewer: dict[str, str],
 ) -> None:
     await make_tenant("acme")
     await load("acme", [make_event("2026-03-10T23:59:50Z", user_id="u", session_id="s")])
@@ -529,11 +544,13 @@ async def test_late_event_changes_an_older_days_rollup(
     # The session's second page view arrives later and falls on the next day: the
     # session is engaged, so 10 March's figures change.
     await load("acme", [make_event("2026-03-11T00:00:05Z", user_id="u", session_id="s")])
+    await settle(app, db_sessions)  # the import's notification reached the app
     after = (await client.post(QUERY, json=body, headers=viewer)).json()
     assert after["meta"]["source"] == "rollups"
     assert after["totals"] == {"sessions": 1, "engaged_sessions": 1, "bounce_rate": 0.0}
     # A late event for an old day itself.
     await load("acme", [make_event("2026-03-10T08:00:00Z", user_id="v", session_id="t")])
+    await settle(app, db_sessions)
     late = (await client.post(QUERY, json=body, headers=viewer)).json()
     assert late["totals"]["sessions"] == 2
 

@@ -8,7 +8,7 @@ from datetime import date
 import pytest
 
 from app.core.errors import Invalid
-from app.modules.dashboard.cache import RateLimiter, StatsCache
+from app.modules.dashboard.cache import StatsCache
 from app.modules.dashboard.export import neutralise
 from app.modules.dashboard.parsing import normalise, preset_range
 from app.modules.dashboard.schemas import StatsQuery
@@ -104,21 +104,6 @@ async def test_cache_failure_is_not_cached() -> None:
     with pytest.raises(RuntimeError):
         await cache.get_or_compute(("t", "q", 1), boom)
     assert cache.get(("t", "q", 1)) is None
-
-
-def test_rate_limit_window_per_tenant() -> None:
-    clock = Clock()
-    limiter = RateLimiter(2, clock=clock)
-    assert limiter.hit("acme").remaining == 1
-    assert limiter.hit("acme").remaining == 0
-    denied = limiter.hit("acme")
-    assert not denied.allowed
-    assert denied.headers()["Retry-After"] == "60"
-    assert limiter.hit("globex").allowed
-    clock.now += 45
-    assert limiter.hit("acme").headers()["Retry-After"] == "15"
-    clock.now += 15
-    assert limiter.hit("acme").allowed
 
 
 @pytest.mark.parametrize(

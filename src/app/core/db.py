@@ -3,8 +3,17 @@
 Pulse has exactly one :class:`Database` per process: one SQLAlchemy
 ``AsyncEngine`` (asyncpg) and its pool, created in the lifespan and disposed at
 shutdown. Request handlers receive an ``AsyncSession`` through dependency
-injection that commits on success and rolls back on error; background work opens
-``async with db.session(tenant_id=...)`` per unit of work and commits explicitly.
+injection that commits on success and rolls back on error, each of its statements
+bounded by the request timeout (a frozen server must not hold a request for the
+bulk loads' long client-side timeout); background work opens
+``async with db.session(tenant_id=...)`` per unit of work and commits explicitly. Read-only
+request work (the stats routes) goes through :meth:`Database.run_read`: one pooled
+connection in autocommit (no BEGIN/COMMIT), bounded by the request timeout, retried
+once on a fresh connection when the first one turns out to be dead.
+
+Connections are not pinged on checkout (a round trip per request). A connection the
+server dropped is noticed by the statement that uses it: SQLAlchemy invalidates it and
+every older pooled connection (``is_disconnect``), and idempotent reads retry once.
 
 Row-level security (migration 0006) is the second wall behind every query's
 ``tenant_id`` filter: each transaction states whose rows it may see with the
@@ -16,15 +25,18 @@ a session without context sees no tenant-owned row at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import structlog
 from litestar import Request
 from litestar.datastructures import State
 from sqlalchemy import MetaData, event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -35,6 +47,9 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 
 from app.core.settings import Settings
+
+log = structlog.get_logger("app.db")
+T = TypeVar("T")
 
 # One metadata for every module's tables, so Alembic sees them all.
 NAMING_CONVENTION = {
@@ -57,6 +72,92 @@ def async_url(url: str) -> str:
     # libpq spells it sslmode; asyncpg spells it ssl.
     query = [("ssl", v) if k == "sslmode" else (k, v) for k, v in parse_qsl(parts.query)]
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def _is_lost_connection(exc: BaseException | None) -> bool:
+    """asyncpg errors that mean the connection itself is gone (not the statement's fault)."""
+    import asyncpg
+
+    return isinstance(
+        exc,
+        asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.ConnectionFailureError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CrashShutdownError
+        | ConnectionError,
+    )
+
+
+_BOUND_OPTION = "pulse_statement_bound_s"
+_BOUND_TIMER = "pulse_statement_bound_timer"
+_BOUND_ABORTED = "pulse_statement_bound_aborted"
+
+
+def _arm_statement_bound(
+    conn: Connection, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool
+) -> None:
+    """Before a request session's statement: cut the connection if the statement has not
+    come back within the bound. asyncpg has no per-statement timeout through SQLAlchemy,
+    and the connection-wide one must stay above the bulk loads' long statements; a frozen
+    server would otherwise hold the request for that long."""
+    bound = context.execution_options.get(_BOUND_OPTION) if context is not None else None
+    if not bound:
+        return
+    driver: Any = conn.connection.driver_connection
+    conn.info[_BOUND_TIMER] = asyncio.get_running_loop().call_later(
+        bound, _abort_statement, driver, conn.info
+    )
+
+
+def _disarm_statement_bound(conn: Connection, *_: Any) -> None:
+    timer = conn.info.pop(_BOUND_TIMER, None)
+    if timer is not None:
+        timer.cancel()
+
+
+def _abort_statement(driver: Any, info: dict[Any, Any]) -> None:
+    info.pop(_BOUND_TIMER, None)
+    if not driver.is_closed():
+        log.warning("db.statement_bound_exceeded")
+        info[_BOUND_ABORTED] = True
+        driver.terminate()  # the statement fails with a lost connection: 503
+
+
+def _mark_disconnects(context: ExceptionContext) -> None:
+    """``handle_error`` hook: a lost connection is a disconnect, so SQLAlchemy drops it
+    and every pooled connection older than it instead of handing them out again.
+
+    A statement interrupted by a timeout or a cancellation leaves its connection in an
+    unknown state; SQLAlchemy then closes it, politely, waiting up to 2 s for a server
+    that may be frozen. Cutting the socket first makes that close immediate, so a
+    request's database work stays within its bound."""
+    original = context.original_exception
+    if context.connection is not None:
+        _disarm_statement_bound(context.connection)
+        if context.connection.info.pop(_BOUND_ABORTED, False):
+            # Cut by the request bound, not lost: the other pooled connections are fine.
+            context.is_disconnect = True
+            context.invalidate_pool_on_disconnect = False
+            return
+    if isinstance(original, asyncio.CancelledError | TimeoutError):
+        _abort_driver_connection(context)
+        return
+    if context.is_disconnect:
+        return
+    if _is_lost_connection(original) or _is_lost_connection(original.__cause__):
+        context.is_disconnect = True
+
+
+def _abort_driver_connection(context: ExceptionContext) -> None:
+    connection = context.connection
+    if connection is None or connection.invalidated or connection.closed:
+        return
+    try:
+        driver: Any = connection.connection.driver_connection
+        if driver is not None:
+            driver.terminate()
+    except Exception:
+        log.warning("db.abort_failed", exc_info=True)
 
 
 # --- tenant context for row-level security ----------------------------------
@@ -121,11 +222,22 @@ async def bind_tenant(conn: AsyncConnection, tenant_id: str) -> None:
 class Database:
     """Owns the process's engine and session factory."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, request_timeout_s: float = 10.0) -> None:
         self.engine = engine
         self.sessionmaker = async_sessionmaker(
             engine, expire_on_commit=False, sync_session_class=TenantSession
         )
+        self.request_timeout_s = request_timeout_s
+        # Request sessions: every statement bounded by the request timeout (see
+        # _arm_statement_bound); jobs use the plain sessionmaker and their own bounds.
+        self.request_sessionmaker = async_sessionmaker(
+            engine.execution_options(**{_BOUND_OPTION: request_timeout_s}),
+            expire_on_commit=False,
+            sync_session_class=TenantSession,
+        )
+        event.listen(engine.sync_engine, "handle_error", _mark_disconnects)
+        event.listen(engine.sync_engine, "before_cursor_execute", _arm_statement_bound)
+        event.listen(engine.sync_engine, "after_cursor_execute", _disarm_statement_bound)
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str) -> Database:
@@ -134,8 +246,8 @@ class Database:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout_s,
-            # A database restart must not need an app restart: test connections on checkout.
-            pool_pre_ping=True,
+            # No pre-ping (a round trip per checkout): dead connections are detected by
+            # their first statement (handle_error above) and reads retry once.
             pool_recycle=1800,
             connect_args={
                 "timeout": settings.db_connect_timeout_s,
@@ -151,7 +263,7 @@ class Database:
                 },
             },
         )
-        return cls(engine)
+        return cls(engine, request_timeout_s=settings.db_request_timeout_s)
 
     def new_session(
         self, tenant_id: str | None = None, *, all_tenants: bool = False
@@ -174,6 +286,50 @@ class Database:
         async with self.new_session(tenant_id, all_tenants=all_tenants) as session:
             yield session
 
+    @asynccontextmanager
+    async def read_session(self, tenant_id: str) -> AsyncIterator[AsyncSession]:
+        """The one way the request path gets a read connection: pooled, in autocommit
+        (statements are sent without BEGIN/COMMIT), bound to ``tenant_id``.
+
+        The session is only for reading; it never commits. Whatever goes wrong inside
+        (a timeout, a cancellation, a lost connection), the connection is closed at
+        once instead of going back to the pool in an unknown state.
+        """
+        conn = await self.engine.connect()
+        try:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await bind_tenant(conn, tenant_id)
+            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                yield session
+        except (asyncio.CancelledError, TimeoutError, OSError, DBAPIError):
+            # A statement may still be in flight, or the connection is already dead.
+            await discard_connection(conn)
+            raise
+        except BaseException:
+            await conn.close()  # autocommit: nothing to roll back, the connection is fine
+            raise
+        else:
+            await conn.close()
+
+    async def run_read(self, tenant_id: str, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run the idempotent ``read`` on a read session within the request timeout.
+
+        A connection found dead (the server restarted since it was pooled) is retried
+        once on a fresh one; anything else propagates. Every wait (pool, connect,
+        statements) shares the one bound, so a database that stops answering costs a
+        request at most ``PULSE_DB_REQUEST_TIMEOUT_S`` and then a ``TimeoutError``.
+        """
+        async with asyncio.timeout(self.request_timeout_s):
+            for attempt in (1, 2):
+                try:
+                    async with self.read_session(tenant_id) as session:
+                        return await read(session)
+                except DBAPIError as exc:
+                    if attempt == 2 or not exc.connection_invalidated:
+                        raise
+                    log.info("db.read_retried", error=type(exc.orig).__name__)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def dispose(self) -> None:
         await self.engine.dispose()
 
@@ -184,6 +340,20 @@ class Database:
             "checked_out": pool.checkedout(),
             "overflow": max(pool.overflow(), 0),
         }
+
+
+async def discard_connection(conn: AsyncConnection) -> None:
+    """Close ``conn`` for good without waiting on the server (which may be frozen)."""
+    try:
+        if not conn.invalidated and not conn.closed:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            if driver is not None:
+                driver.terminate()  # closes the socket now, no goodbye message
+            await conn.invalidate()
+        await conn.close()
+    except Exception:
+        log.warning("db.discard_failed", exc_info=True)
 
 
 def get_database(state: State) -> Database:
@@ -205,16 +375,23 @@ def request_tenant_context(request: Request[Any, Any, Any]) -> dict[str, Any]:
 async def provide_db_session(
     state: State, request: Request[Any, Any, Any]
 ) -> AsyncIterator[AsyncSession]:
-    """Request-scoped session: commit if the handler succeeded, roll back if it raised."""
-    async with get_database(state).sessionmaker(info=request_tenant_context(request)) as session:
+    """Request-scoped session: commit if the handler succeeded, roll back if it raised.
+
+    Each of its statements, and the commit or rollback, is bounded by the request
+    timeout (``PULSE_DB_REQUEST_TIMEOUT_S``); the handler's other work is not. Its
+    transactions see the rows of the route's tenant (row-level security)."""
+    db = get_database(state)
+    async with db.request_sessionmaker(info=request_tenant_context(request)) as session:
         try:
             yield session
         except BaseException:
-            await session.rollback()
+            async with asyncio.timeout(db.request_timeout_s):
+                await session.rollback()
             raise
         else:
             if session.in_transaction():
-                await session.commit()
+                async with asyncio.timeout(db.request_timeout_s):
+                    await session.commit()
 
 
 async def raw_connection(conn: AsyncConnection | AsyncSession) -> Any:

@@ -7,7 +7,6 @@ a generic detail and the request id that points at the log line.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,8 +90,9 @@ _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "57014")
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` means PostgreSQL cannot be reached or is shutting down."""
-    if isinstance(exc, sa_exc.TimeoutError):  # pool checkout timed out
+    """True when ``exc`` means PostgreSQL cannot be reached, is shutting down, or stopped
+    answering (a connect, pool or request timeout: a frozen server looks like that)."""
+    if isinstance(exc, sa_exc.TimeoutError | TimeoutError):  # pool checkout, connect, request
         return True
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
@@ -101,19 +101,20 @@ def is_database_unavailable(exc: BaseException) -> bool:
         if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
             return True
         cause = exc.orig.__cause__ if exc.orig is not None else None
-        return isinstance(cause, OSError | asyncio.TimeoutError) or _is_asyncpg_connection_error(
-            cause
-        )
+        return isinstance(cause, OSError | TimeoutError) or _is_asyncpg_connection_error(cause)
     return _is_asyncpg_connection_error(exc) or isinstance(exc, ConnectionError)
 
 
 def _is_asyncpg_connection_error(exc: BaseException | None) -> bool:
     import asyncpg
 
+    # InterfaceError covers ConnectionDoesNotExistError (the server went away mid-use);
+    # InternalClientError covers protocol states the driver cannot continue from.
     return isinstance(
         exc,
         asyncpg.exceptions.PostgresConnectionError
         | asyncpg.exceptions.InterfaceError
+        | asyncpg.exceptions.InternalClientError
         | asyncpg.exceptions.CannotConnectNowError,
     )
 
@@ -165,13 +166,12 @@ def _http_exception(
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if is_database_unavailable(exc):
         log.warning("db.unavailable", error=type(exc).__name__, path=request.url.path)
-        return problem(
-            request,
-            503,
-            "Service Unavailable",
-            "The database is unavailable; try again shortly.",
-            headers={"Retry-After": "5"},
+        detail = (
+            "The database did not answer in time; try again shortly."
+            if isinstance(exc, TimeoutError | sa_exc.TimeoutError)
+            else "The database is unavailable; try again shortly."
         )
+        return problem(request, 503, "Service Unavailable", detail, headers={"Retry-After": "5"})
     # The exception (class and traceback, no frame locals) is captured here, at the call
     # site; request_id explicitly, since this handler may run outside the request's context.
     log.error(

@@ -2,7 +2,8 @@
 
 Start: database URL (the embedded server in development), migrations (development
 only), the engine, the HTTP client, the BigQuery thread pool, the watchdog, then
-each module's hook. Shutdown runs the same list backwards, each step bounded.
+each module's hook, then the database change listener (its subscribers are known).
+Shutdown runs the same list backwards, each step bounded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from app.core.embedded_pg import start_embedded_postgres
 from app.core.http import create_http_client
 from app.core.metrics import Metrics
 from app.core.migrations import head_revisions, upgrade_to_head
+from app.core.notify import ChangeListener
 from app.core.settings import Settings
 from app.core.tasks import BackgroundTasks
 from app.core.watchdog import LoopWatchdog
@@ -100,8 +102,13 @@ def build_lifespan(
             state.watchdog = watchdog
             tasks.spawn(watchdog.run(), name="loop-watchdog")
 
+            # Modules subscribe to change notifications in their hooks; it starts after them.
+            listener = ChangeListener(db.engine, timeout_s=settings.db_request_timeout_s)
+            state.notify = listener
+
             for hook in hooks:
                 await stack.enter_async_context(hook(app))
+            tasks.spawn(listener.run(), name="db-change-listener")
             if settings.env != "test":  # tests start many apps in one process
                 log.info("gc.heap_frozen", objects=freeze_startup_heap())
             log.info("app.started", env=settings.env)

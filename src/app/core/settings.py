@@ -63,6 +63,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     db_pool_timeout_s: PositiveFloat = 5.0
     db_connect_timeout_s: PositiveFloat = 5.0
     db_statement_timeout_ms: PositiveInt = 15_000
+    # Bound of every database wait a request makes (connect, pool, statements), so a
+    # database that stops answering gives 503 instead of a hang; imports do not use it.
+    db_request_timeout_s: PositiveFloat = 10.0
     readiness_timeout_s: PositiveFloat = 2.0
 
     # --- outbound HTTP ----------------------------------------------------
@@ -126,7 +129,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ingest_test_timeout_s: PositiveFloat = 15.0
 
     # --- dashboard -----------------------------------------------------------
-    stats_rate_limit_per_minute: PositiveInt = 1200
+    # A token bucket per tenant (per process): refills at this rate, holds up to the burst.
+    stats_rate_limit_per_minute: PositiveInt = 6000
+    stats_rate_limit_burst: PositiveInt = 1000
+    # While the change listener (PostgreSQL LISTEN) is down, cached tenant facts live this long.
+    stats_facts_fallback_ttl_s: PositiveFloat = 2.0
     stats_cache_ttl_s: PositiveFloat = 300.0
     stats_cache_max_entries: PositiveInt = 10_000
 

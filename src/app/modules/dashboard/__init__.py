@@ -8,11 +8,17 @@ Public: ``run_query(session, tenant_id, query) -> StatsResult`` and the schemas
 from __future__ import annotations
 
 from app.modules import Module
+from app.modules.dashboard.deps import dependencies
 from app.modules.dashboard.routes import StatsController
 from app.modules.dashboard.runtime import stats_lifespan
 from app.modules.dashboard.schemas import StatsQuery, StatsResult, StatsRow
 from app.modules.dashboard.service import run_query
 
-module = Module(name="dashboard", route_handlers=[StatsController], lifespan=[stats_lifespan])
+module = Module(
+    name="dashboard",
+    route_handlers=[StatsController],
+    dependencies=dependencies,
+    lifespan=[stats_lifespan],
+)
 
 __all__ = ["StatsQuery", "StatsResult", "StatsRow", "module", "run_query"]

@@ -1,8 +1,10 @@
 """The stats response cache and the per-tenant rate limit (both per process).
 
-Cache keys are (tenant, normalised query, data version): a load that commits bumps
-the tenant's data version, so the next query misses and old entries age out of the
-LRU. Identical queries that miss at the same time share one computation.
+Cache keys are (tenant, normalised query + the tenant's conversion events and rollup
+state, data version): a load that commits bumps the tenant's data version, so the next
+query misses and old entries age out of the LRU. Values are the encoded JSON, so a hit
+does not encode again. Identical queries that miss at the same time share one
+computation.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+import msgspec
+
+from app.modules.dashboard.schemas import StatsResult
 
 T = TypeVar("T")
 CacheKey = tuple[str, str, int]
@@ -96,38 +102,74 @@ class RateDecision:
     limit: int
     remaining: int
     reset_s: int
+    retry_after_s: int
+    window_s: int
 
     def headers(self) -> dict[str, str]:
         out = {
             "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(self.remaining),
             "RateLimit-Reset": str(self.reset_s),
-            "RateLimit-Policy": f"{self.limit};w=60",
+            "RateLimit-Policy": f"{self.limit};w={self.window_s}",
         }
         if not self.allowed:
-            out["Retry-After"] = str(self.reset_s)
+            out["Retry-After"] = str(self.retry_after_s)
         return out
 
 
 class RateLimiter:
-    """A fixed one-minute window per tenant: ``limit`` requests, then 429 until it ends."""
+    """A token bucket per tenant: holds up to ``burst`` requests and refills at
+    ``per_minute``. A dashboard page load (several widgets, many users at once) spends
+    from the burst; the refill rate is the sustained limit. Per process."""
 
-    def __init__(self, limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
+    def __init__(
+        self, per_minute: int, *, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = burst
+        self.rate_per_s = per_minute / 60
         self._clock = clock
-        self._windows: dict[str, tuple[float, int]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+        self._window_s = max(1, math.ceil(burst / self.rate_per_s))
 
     def hit(self, tenant_id: str) -> RateDecision:
         now = self._clock()
-        start, count = self._windows.get(tenant_id, (now, 0))
-        if now - start >= 60:
-            start, count = now, 0
-        reset = max(1, math.ceil(start + 60 - now))
-        if count >= self.limit:
-            self._windows[tenant_id] = (start, count)
-            return RateDecision(False, self.limit, 0, reset)
-        count += 1
-        self._windows[tenant_id] = (start, count)
-        if len(self._windows) > 100_000:  # forget idle tenants; bounded memory
-            self._windows = {t: w for t, w in self._windows.items() if now - w[0] < 60}
-        return RateDecision(True, self.limit, self.limit - count, reset)
+        tokens, at = self._buckets.get(tenant_id, (float(self.limit), now))
+        tokens = min(float(self.limit), tokens + (now - at) * self.rate_per_s)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[tenant_id] = (tokens, now)
+        if len(self._buckets) > 100_000:  # forget full buckets; bounded memory
+            self._forget_full(now)
+        return RateDecision(
+            allowed=allowed,
+            limit=self.limit,
+            remaining=int(tokens),
+            reset_s=max(1, math.ceil((self.limit - tokens) / self.rate_per_s)),
+            retry_after_s=max(1, math.ceil((1.0 - tokens) / self.rate_per_s)),
+            window_s=self._window_s,
+        )
+
+    def _forget_full(self, now: float) -> None:
+        rate, limit = self.rate_per_s, self.limit
+        self._buckets = {
+            t: (tokens, at)
+            for t, (tokens, at) in self._buckets.items()
+            if tokens + (now - at) * rate < limit
+        }
+
+
+_MISS_FLAG = b'"cached":false'
+_HIT_FLAG = b'"cached":true'
+
+
+def encode_answer(result: StatsResult) -> tuple[bytes, bytes]:
+    """The JSON of ``result`` as answered on a miss (``meta.cached`` false) and as kept
+    for hits (true), encoded once: the flag is the only ``"cached":`` key in the
+    document (every string value is escaped), so the hit bytes are a splice."""
+    miss = msgspec.json.encode(result)
+    at = miss.rfind(_MISS_FLAG)
+    if at >= 0 and miss.count(_MISS_FLAG) == 1:
+        return miss, miss[:at] + _HIT_FLAG + miss[at + len(_MISS_FLAG) :]
+    hit = msgspec.structs.replace(result, meta=msgspec.structs.replace(result.meta, cached=True))
+    return miss, msgspec.json.encode(hit)

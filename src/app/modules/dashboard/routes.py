@@ -14,13 +14,14 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Invalid, TooManyRequests, error_responses, problem
 from app.modules.dashboard.export import csv_chunks
 from app.modules.dashboard.parsing import METRICS
 from app.modules.dashboard.runtime import StatsRuntime, answer_query
 from app.modules.dashboard.schemas import StatsQuery, StatsResult
+
+JSON = "application/json"
 
 _PATH_IN_ERROR = re.compile(r"at `\$\.?([^`]*)`")
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`")
@@ -101,11 +102,6 @@ def _metrics(value: str | None) -> list[str]:
     return [m.strip() for m in value.split(",") if m.strip()] if value else []
 
 
-def _runtime(request: Request[Any, Any, Any]) -> StatsRuntime:
-    runtime: StatsRuntime = request.app.state.stats
-    return runtime
-
-
 def _wants_csv(request: Request[Any, Any, Any], output_format: str | None) -> bool:
     if output_format is not None:
         return output_format == "csv"
@@ -115,23 +111,23 @@ def _wants_csv(request: Request[Any, Any, Any], output_format: str | None) -> bo
 
 async def _respond(
     request: Request[Any, Any, Any],
-    session: AsyncSession,
+    runtime: StatsRuntime,
     tenant_id: str,
     query: StatsQuery,
     output_format: str | None,
 ) -> Response[Any]:
-    runtime = _runtime(request)
     decision = runtime.limiter.hit(tenant_id)
     if not decision.allowed:
         raise TooManyRequests(
             "Too many stats requests for this tenant; retry after the window resets.",
             headers=decision.headers(),
         )
-    result = await answer_query(runtime, session, tenant_id, query)
+    answer = await answer_query(runtime, tenant_id, query)
     headers = decision.headers()
-    headers["X-Cache"] = "hit" if result.meta.cached else "miss"
+    headers["X-Cache"] = "hit" if answer.cached else "miss"
     if _wants_csv(request, output_format):
         headers["Content-Disposition"] = f'attachment; filename="{tenant_id}-stats.csv"'
+        result = answer.stats()
 
         def chunks() -> Iterator[str]:
             yield from csv_chunks(result)
@@ -141,7 +137,8 @@ async def _respond(
                 yield chunk
 
         return Stream(stream(), media_type="text/csv", headers=headers)
-    return Response(result, headers=headers)
+    # Already encoded (and kept so by the cache): sent as is.
+    return Response(answer.body, media_type=JSON, headers=headers)
 
 
 class StatsController(Controller):
@@ -160,12 +157,12 @@ class StatsController(Controller):
     async def query(
         self,
         request: Request[Any, Any, Any],
-        db_session: NamedDependency[AsyncSession],
+        stats_runtime: NamedDependency[StatsRuntime],
         tenant_id: FromPath[str],
         data: JSONBody[StatsQuery],
         output_format: Format = None,
     ) -> Response[Any]:
-        return await _respond(request, db_session, tenant_id, data, output_format)
+        return await _respond(request, stats_runtime, tenant_id, data, output_format)
 
     @get(
         "/summary",
@@ -176,7 +173,7 @@ class StatsController(Controller):
     async def summary(
         self,
         request: Request[Any, Any, Any],
-        db_session: NamedDependency[AsyncSession],
+        stats_runtime: NamedDependency[StatsRuntime],
         tenant_id: FromPath[str],
         date_range: DateRangeParam = "30d",
         compare: CompareParam = None,
@@ -191,7 +188,7 @@ class StatsController(Controller):
             filters=_filters(filters),
             timezone=timezone,
         )
-        return await _respond(request, db_session, tenant_id, query, output_format)
+        return await _respond(request, stats_runtime, tenant_id, query, output_format)
 
     @get(
         "/timeseries",
@@ -202,7 +199,7 @@ class StatsController(Controller):
     async def timeseries(
         self,
         request: Request[Any, Any, Any],
-        db_session: NamedDependency[AsyncSession],
+        stats_runtime: NamedDependency[StatsRuntime],
         tenant_id: FromPath[str],
         metrics: Annotated[str, QueryParameter(description="comma-separated")] = "users,pageviews",
         interval: Annotated[str, QueryParameter(description="hour, day, week or month")] = "day",
@@ -221,7 +218,7 @@ class StatsController(Controller):
             timezone=timezone,
             limit=10_000,
         )
-        return await _respond(request, db_session, tenant_id, query, output_format)
+        return await _respond(request, stats_runtime, tenant_id, query, output_format)
 
     @get(
         "/breakdown",
@@ -232,7 +229,7 @@ class StatsController(Controller):
     async def breakdown(
         self,
         request: Request[Any, Any, Any],
-        db_session: NamedDependency[AsyncSession],
+        stats_runtime: NamedDependency[StatsRuntime],
         tenant_id: FromPath[str],
         dimension: Annotated[str, QueryParameter(description="e.g. page_path, country")],
         metrics: Annotated[str, QueryParameter(description="comma-separated")] = "users,pageviews",
@@ -254,4 +251,4 @@ class StatsController(Controller):
             limit=limit,
             offset=offset,
         )
-        return await _respond(request, db_session, tenant_id, query, output_format)
+        return await _respond(request, stats_runtime, tenant_id, query, output_format)

@@ -1,11 +1,14 @@
-"""The dashboard's per-process state (response cache, rate limiter) and the cached path
-the routes take through :func:`app.modules.dashboard.service.run_normal_query`."""
+"""The dashboard's per-process state (response cache, tenant facts, rate limiter) and
+the path the routes take: facts from memory, the answer from the cache, and only on a
+miss one read connection (:meth:`app.core.db.Database.run_read`) for the query engine.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import date, tzinfo
 from typing import Any
 
 import msgspec
@@ -13,58 +16,105 @@ import structlog
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.db import Database
+from app.core.notify import ChangeListener
 from app.core.settings import Settings
-from app.modules.dashboard.cache import RateLimiter, StatsCache
+from app.modules.dashboard.cache import RateLimiter, StatsCache, encode_answer
+from app.modules.dashboard.facts import TenantFacts, TenantFactsCache, read_tenant_facts
 from app.modules.dashboard.schemas import StatsQuery, StatsResult
-from app.modules.dashboard.service import resolve_query, run_normal_query, tenant_calendar
-from app.modules.events import get_data_version
+from app.modules.dashboard.service import resolve_query_with, run_normal_query
 
 log = structlog.get_logger("app.dashboard")
+
+# The channel migration 0006's triggers notify, with the tenant id as payload.
+INVALIDATE_CHANNEL = "pulse_invalidate"
 
 
 @dataclass
 class StatsRuntime:
-    cache: StatsCache[StatsResult]
+    db: Database
+    cache: StatsCache[bytes]
+    facts: TenantFactsCache
     limiter: RateLimiter
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StatsRuntime:
+    def create(cls, settings: Settings, db: Database, listener: ChangeListener) -> StatsRuntime:
+        facts = TenantFactsCache(
+            listener_live=lambda: listener.live,
+            fallback_ttl_s=settings.stats_facts_fallback_ttl_s,
+        )
+        listener.subscribe(INVALIDATE_CHANNEL, facts.invalidate)
+        listener.on_resync(facts.clear)
         return cls(
+            db=db,
             cache=StatsCache(
                 ttl_s=settings.stats_cache_ttl_s, max_entries=settings.stats_cache_max_entries
             ),
-            limiter=RateLimiter(settings.stats_rate_limit_per_minute),
+            facts=facts,
+            limiter=RateLimiter(
+                settings.stats_rate_limit_per_minute, burst=settings.stats_rate_limit_burst
+            ),
         )
 
 
 @asynccontextmanager
 async def stats_lifespan(app: Litestar) -> AsyncIterator[None]:
     state: Any = app.state
-    state.stats = StatsRuntime.from_settings(state.settings)
+    state.stats = StatsRuntime.create(state.settings, state.db, state.notify)
     yield
 
 
-async def answer_query(
-    runtime: StatsRuntime, session: AsyncSession, tenant_id: str, query: StatsQuery
-) -> StatsResult:
-    """``run_query`` through the cache: keyed by tenant, normalised query, data version."""
-    calendar = await tenant_calendar(session, tenant_id)
-    normal, zone = await resolve_query(session, tenant_id, query, calendar)
-    version = await get_data_version(session, tenant_id)
-    # Conversion events change what the figures mean, so they are part of the key.
-    key = (
-        tenant_id,
-        normal.cache_key() + "|" + ",".join(calendar.conversion_events),
-        version.version,
-    )
+@dataclass(frozen=True)
+class Answer:
+    """A stats answer as JSON bytes; ``result`` is there when this request computed it."""
 
-    async def compute() -> StatsResult:
-        return await run_normal_query(session, tenant_id, normal, zone, calendar, version)
+    body: bytes
+    cached: bool
+    result: StatsResult | None = None
 
-    result, cached = await runtime.cache.get_or_compute(key, compute)
-    if cached:
-        result = msgspec.structs.replace(
-            result, meta=msgspec.structs.replace(result.meta, cached=True)
+    def stats(self) -> StatsResult:
+        if self.result is not None:
+            return self.result
+        return msgspec.json.decode(self.body, type=StatsResult)
+
+
+async def tenant_facts(runtime: StatsRuntime, tenant_id: str) -> TenantFacts:
+    """The tenant's facts from memory, or read once on one read connection."""
+
+    async def load() -> TenantFacts:
+        return await runtime.db.run_read(
+            tenant_id, lambda session: read_tenant_facts(session, tenant_id)
         )
-    log.debug("stats.answered", tenant_id=tenant_id, cached=cached, source=result.meta.source)
-    return result
+
+    return await runtime.facts.get_or_load(tenant_id, load)
+
+
+async def answer_query(runtime: StatsRuntime, tenant_id: str, query: StatsQuery) -> Answer:
+    """``run_query`` through the caches; the database is used only for what is missing."""
+    facts = await tenant_facts(runtime, tenant_id)
+
+    async def first_event_day(_zone_name: str, zone: tzinfo) -> date | None:
+        return facts.first_event_day(zone)
+
+    normal, zone = await resolve_query_with(query, facts.calendar, first_event_day)
+    version = facts.data.version
+    key = (tenant_id, f"{normal.cache_key()}|{facts.cache_key_part()}", version.version)
+    computed: list[tuple[StatsResult, bytes]] = []
+
+    async def read(session: AsyncSession) -> StatsResult:
+        return await run_normal_query(
+            session, tenant_id, normal, zone, facts.calendar, version, rollups=facts.rollups
+        )
+
+    async def compute() -> bytes:
+        result = await runtime.db.run_read(tenant_id, read)
+        miss, hit = encode_answer(result)
+        computed.append((result, miss))
+        return hit
+
+    body, cached = await runtime.cache.get_or_compute(key, compute)
+    log.debug("stats.answered", tenant_id=tenant_id, cached=cached)
+    if computed:
+        result, miss = computed[0]
+        return Answer(miss, False, result)
+    return Answer(body, True)

@@ -10,7 +10,7 @@ buckets, compares with another period, orders and pages.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
@@ -114,6 +114,10 @@ async def _first_event_day(session: AsyncSession, tenant_id: str, zone: str) -> 
     return first
 
 
+# The local day of a tenant's first event in a zone (given by name and as tzinfo).
+FirstEventDay = Callable[[str, tzinfo], Awaitable[date | None]]
+
+
 async def resolve_query(
     session: AsyncSession,
     tenant_id: str,
@@ -123,12 +127,27 @@ async def resolve_query(
     now: datetime | None = None,
 ) -> tuple[NormalQuery, tzinfo]:
     """Validate ``query`` and resolve its timezone, presets and comparison to dates."""
+
+    async def first_event_day(zone_name: str, _zone: tzinfo) -> date | None:
+        return await _first_event_day(session, tenant_id, zone_name)
+
+    return await resolve_query_with(query, calendar, first_event_day, now=now)
+
+
+async def resolve_query_with(
+    query: StatsQuery,
+    calendar: TenantCalendar,
+    first_event_day: FirstEventDay,
+    *,
+    now: datetime | None = None,
+) -> tuple[NormalQuery, tzinfo]:
+    """:func:`resolve_query` with the first event day from the caller (cached facts)."""
     zone_name = query.timezone or calendar.timezone
     zone = await resolve_timezone(zone_name, "timezone" if query.timezone else "tenant.timezone")
     today = (now or datetime.now(UTC)).astimezone(zone).date()
     first = None
     if query.date_range == "all":
-        first = await _first_event_day(session, tenant_id, zone_name)
+        first = await first_event_day(zone_name, zone)
     return normalise(query, timezone=zone_name, today=today, first_event=first), zone
 
 
@@ -420,6 +439,7 @@ async def run_normal_query(
     zone: tzinfo,
     calendar: TenantCalendar,
     data_version: DataVersion | None = None,
+    *,
     rollups: RollupState | Lookup | None = LOOKUP,
 ) -> StatsResult:
     """Answer a resolved query: one statement to the database for the aggregates.

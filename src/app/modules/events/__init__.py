@@ -2,12 +2,14 @@
 
 Other modules import from here only: ``CanonicalEvent``, ``to_canonical``,
 ``RowRejected``, ``event_id_for``, ``load_events``, ``EventLoad``, ``LoadResult``,
-``get_data_version``, ``DataVersion``.
+``get_data_version``, ``DataVersion``, ``data_facts``, ``DataFacts`` (what a cached
+dashboard answer depends on).
 """
 
 from __future__ import annotations
 
 from app.modules import Module
+from app.modules.events.facts import DataFacts, data_facts
 from app.modules.events.schema import (
     CANONICAL_FIELDS,
     CanonicalEvent,
@@ -28,10 +30,12 @@ module = Module(name="events")
 __all__ = [
     "CANONICAL_FIELDS",
     "CanonicalEvent",
+    "DataFacts",
     "DataVersion",
     "EventLoad",
     "LoadResult",
     "RowRejected",
+    "data_facts",
     "event_id_for",
     "get_data_version",
     "load_events",
