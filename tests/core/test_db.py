@@ -162,12 +162,12 @@ async def test_read_session_sends_no_transaction_ceremony_and_binds_the_tenant(
 
 
 async def test_a_read_on_a_connection_the_server_dropped_is_retried_once(
-    db: Database, settings: Settings
+    db: Database, database_url: str
 ) -> None:
     async with db.engine.connect() as conn:
         pid = await conn.scalar(text("SELECT pg_backend_pid()"))
     # The pooled connection is killed behind the pool's back (as a database restart does).
-    admin = create_async_engine(async_url(settings.database_url or ""))
+    admin = create_async_engine(async_url(database_url))  # the owner may terminate it
     try:
         async with admin.connect() as other:
             killed = await other.scalar(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
@@ -196,10 +196,11 @@ async def test_a_read_that_outlasts_the_request_timeout_is_a_timeout_error(
 
 
 async def test_a_request_sessions_statement_past_the_request_timeout_is_503(
-    settings: Settings,
+    settings: Settings, database_url: str
 ) -> None:
+    # The owner's URL: this test creates its own table (the app's role may not).
     database = Database.from_settings(
-        msgspec.structs.replace(settings, db_request_timeout_s=0.5), settings.database_url or ""
+        msgspec.structs.replace(settings, db_request_timeout_s=0.5), database_url
     )
     async with database.engine.begin() as conn:
         await conn.execute(text("CREATE TABLE IF NOT EXISTS copy_probe (id int PRIMARY KEY)"))

@@ -56,10 +56,20 @@ class Recorded:
         ]
 
     def outside_engine(self) -> list[str]:
-        return [sql for tagged, sql in self.statements if not tagged]
+        """Statements outside the query engine, other than tenant bindings."""
+        return [sql for tagged, sql in self.statements if not tagged and not _is_binding(sql)]
+
+    def bindings(self) -> list[str]:
+        """Row-level-security bindings (``bind_tenant``): sent only when a connection
+        last served another tenant (or is new)."""
+        return [sql for _, sql in self.statements if _is_binding(sql)]
 
     def by_engine(self) -> list[str]:
         return [sql for tagged, sql in self.statements if tagged]
+
+
+def _is_binding(sql: str) -> bool:
+    return sql.startswith("SELECT set_config('pulse.tenant_id'")
 
 
 @contextmanager
@@ -179,6 +189,8 @@ async def test_uncached_answer_sends_only_the_query_engines_statements(
         assert any("FROM tenants" in sql for sql in facts_reads)
         assert any("tenant_data_versions" in sql for sql in facts_reads)
         assert rec.ceremony() == []
+        # New connections: each is bound to the tenant once, at most once per checkout.
+        assert 1 <= len(rec.bindings()) <= rec.checkouts
         rec.statements.clear()
         rec.checkouts = 0
 
@@ -191,6 +203,8 @@ async def test_uncached_answer_sends_only_the_query_engines_statements(
     assert rec.checkouts == 1
     assert rec.ceremony() == []  # no BEGIN, COMMIT, ROLLBACK or pre-ping
     assert rec.outside_engine() == []  # statements = the query engine's + 0
+    # The pool hands out the most recently used connection, already bound to this tenant.
+    assert rec.bindings() == []
     engine_statements = rec.by_engine()
     assert engine_statements
     assert not [sql for sql in engine_statements if any(t in sql for t in FACT_TABLES)]

@@ -249,6 +249,10 @@ class Database:
             # No pre-ping (a round trip per checkout): dead connections are detected by
             # their first statement (handle_error above) and reads retry once.
             pool_recycle=1800,
+            # The most recently used connection first: a burst of one tenant's requests
+            # reuses connections already bound to it (bind_tenant skips the round trip),
+            # and idle surplus connections age out instead of being kept warm.
+            pool_use_lifo=True,
             connect_args={
                 "timeout": settings.db_connect_timeout_s,
                 # The server's statement_timeout is the real bound (15 s by default; a
