@@ -22,7 +22,12 @@ from app.core.metrics import (
     observability_middleware,
 )
 from app.core.settings import Settings, load_settings
-from app.core.validation import MAX_BODY_BYTES, PulseRequest, reject_nul_in_url
+from app.core.validation import (
+    MAX_BODY_BYTES,
+    PulseRequest,
+    declare_problem_400,
+    reject_nul_in_url,
+)
 
 VERSION = "0.1.0"
 
@@ -73,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    declare_problem_400(app)
     app.state.settings = settings
     app.state.metrics = metrics
     return app

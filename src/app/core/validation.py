@@ -21,11 +21,14 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import msgspec
-from litestar import Request
+from litestar import Litestar, Request
 from litestar.enums import ScopeType
 from litestar.exceptions import ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.types.empty import Empty
+
+from app.core.errors import error_responses
 
 NO_NUL_PATTERN = r"^[^\x00]*$"
 Text = Annotated[
@@ -178,3 +181,16 @@ def iana_zone_names() -> frozenset[str]:
     if _zone_names is None:
         _zone_names = frozenset(zoneinfo.available_timezones() - _NOT_ZONES)
     return _zone_names
+
+
+def declare_problem_400(app: Litestar) -> None:
+    """Declare every route's 400 as the problem+json it is.
+
+    Litestar documents an undeclared 400 as its own ``{status_code, detail}`` JSON, which
+    Pulse never sends (its handler answers problem+json): a contract test would rightly
+    flag it. Call once after the app is built (routes added later declare their own).
+    """
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if isinstance(handler, HTTPRouteHandler) and 400 not in (handler.responses or {}):
+                handler.responses = {**(handler.responses or {}), **error_responses(400)}

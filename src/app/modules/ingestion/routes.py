@@ -259,7 +259,8 @@ class RunController(Controller):
         "/{run_id:uuid}/progress",
         operation_id="streamRunProgress",
         summary="Live progress as server-sent events until the run ends",
-        responses=error_responses(401, 403, 404),
+        media_type="text/event-stream",
+        responses=error_responses(400, 401, 403, 404),
     )
     async def progress(
         self,
