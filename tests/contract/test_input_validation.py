@@ -216,6 +216,8 @@ async def test_integers_beyond_bigint_are_400(
 # Inputs the API used to accept (2xx) although they are wrong: (what, body, field).
 WRONG_SOURCES: list[tuple[str, dict[str, Any], str]] = [
     ("timezone", sftp_source(timezone="Mars/Base"), "config"),
+    ("host", sftp_source(host="sftp://files.example.com/drop"), "config"),
+    ("csv_delimiter", sftp_source(csv_delimiter="\n"), "config"),
     (
         "service_account_json",
         {

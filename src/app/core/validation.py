@@ -53,6 +53,19 @@ _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
+def described(regex: str, words: str) -> str:
+    """Register the user's words for a ``pattern`` constraint (e.g. "must be a host name");
+    returns ``regex`` for use in ``msgspec.Meta(pattern=...)``."""
+    _HUMAN_MESSAGES[f"Expected `str` matching regex {regex!r}"] = words
+    return regex
+
+
+def explain(exc: msgspec.ValidationError) -> tuple[str, str | None]:
+    """(what was wrong in the user's words, dotted path of the field or None)."""
+    message, path = _split_msgspec_error(exc)
+    return human_message(message), path
+
+
 def human_message(message: str) -> str:
     """msgspec's validation message, in the words of the API's users where they differ."""
     return _HUMAN_MESSAGES.get(message, message)

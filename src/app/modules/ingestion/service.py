@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.crypto import DecryptionFailed, SecretBox
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.validation import explain
 from app.modules.ingestion import schemas
 from app.modules.ingestion.connectors import connector_kinds, get_connector
 from app.modules.ingestion.connectors.base import Connector, SourceContext
@@ -53,7 +54,9 @@ def _typed(value: dict[str, Any], type_: type[msgspec.Struct], field: str) -> ms
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
-        raise Invalid(f"invalid {field}: {exc}", field=field) from None
+        message, path = explain(exc)
+        where = f" at `{path}`" if path else ""
+        raise Invalid(f"invalid {field}{where}: {message}", field=field) from None
 
 
 def _check_schedule(schedule: schemas.Schedule | None) -> None:

@@ -30,7 +30,7 @@ import asyncssh
 import msgspec
 import structlog
 
-from app.core.validation import Text, iana_zone_names
+from app.core.validation import Text, described, iana_zone_names
 from app.modules.events.schema import CANONICAL_FIELDS
 from app.modules.ingestion.connectors import register_connector
 from app.modules.ingestion.connectors.base import (
@@ -94,8 +94,33 @@ Pattern = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[
 _ZONE_NAMES = iana_zone_names()
 
 
+HostName = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=255,
+        pattern=described(
+            r"^(?:[A-Za-z0-9_.-]+|\[?[0-9A-Fa-f:.]+\]?)$",
+            "must be a host name or an IP address (no scheme, port or path)",
+        ),
+        examples=["sftp.partner.example"],
+    ),
+]
+# One character the CSV reader can split on (not a quote, line break or NUL).
+Delimiter = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=1,
+        pattern=described(
+            r'^[^"\r\n\x00]$', "must be one character other than a quote or line break"
+        ),
+    ),
+]
+
+
 class SftpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    host: Annotated[Text, msgspec.Meta(min_length=1, max_length=255)]
+    host: HostName
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 22
     username: Annotated[Text, msgspec.Meta(min_length=1, max_length=255)]
     # Required: a known_hosts line or "SHA256:<base64>" (no trust on first use).
@@ -104,7 +129,7 @@ class SftpConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pattern: Pattern = "*.csv*"
     format: Literal["csv", "jsonl"] = "csv"
     compression: Literal["auto", "gzip", "none"] = "auto"
-    csv_delimiter: Annotated[Text, msgspec.Meta(min_length=1, max_length=1)] = ","
+    csv_delimiter: Delimiter = ","
     csv_header: bool = True
     # Column names in file order when the CSV has no header row.
     columns: Annotated[list[ColumnName], msgspec.Meta(max_length=1000)] | None = None
