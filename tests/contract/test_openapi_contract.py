@@ -25,6 +25,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -149,10 +150,11 @@ def test_every_operation_keeps_its_contract(live_server: str, token_for: TokenFo
         sent["requests"] += 1
         try:
             case.validate_response(response, checks=CHECKS)
-        except Exception as exc:  # a schemathesis Failure: collected, reported at the end
+        except (Exception, FailureGroup) as exc:  # collected, all reported at the end
+            found = exc.exceptions if isinstance(exc, FailureGroup) else (exc,)
+            detail = "; ".join(str(e) for e in found)[:1500]
             failures.append(
-                f"{role} {case.method} {response.request.url} -> {response.status_code}: "
-                f"{str(exc)[:1500]}"
+                f"{role} {case.method} {response.request.url} -> {response.status_code}: {detail}"
             )
 
     bounded = settings(
