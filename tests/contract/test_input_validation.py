@@ -288,6 +288,20 @@ async def test_files_on_a_synthetic_run_is_400(
     assert response.json()["field"] == "files"
 
 
+async def test_a_window_on_a_file_source_run_is_400(
+    client: httpx.AsyncClient, operator: dict[str, str]
+) -> None:
+    created = await client.post(f"{TENANT}/sources", json=sftp_source(), headers=operator)
+    assert created.status_code == 201, created.text
+    response = await client.post(
+        f"{TENANT}/sources/{created.json()['id']}/runs",
+        json={"trigger": "manual", "start": "2026-01-05", "end": "2026-01-05"},
+        headers=operator,
+    )
+    assert_bad_request(response, None)
+    assert response.json()["field"] == "start"
+
+
 async def test_a_source_for_a_missing_tenant_is_404(
     client: httpx.AsyncClient, operator: dict[str, str]
 ) -> None:

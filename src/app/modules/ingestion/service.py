@@ -356,13 +356,21 @@ def _check_window(start: date | None, end: date | None, trigger: str) -> None:
             raise Invalid("end is in the future", field="end")
 
 
-def _check_files_apply(source: Source, connector: Connector) -> None:
-    """``files`` picks files of a file-set source; other kinds cover dates, not files."""
+def _check_fields_apply(source: Source, connector: Connector, data: schemas.RunCreate) -> None:
+    """``files`` picks files of a file-set source (sftp); ``start``/``end`` a date window of
+    the other kinds. A field that does not apply to the source's kind is a 400, not ignored."""
     config = _typed(source.config, connector.config_type, "config")
-    if connector.default_window(config, datetime.now(UTC).date()) is not None:
+    covers_dates = connector.default_window(config, datetime.now(UTC).date()) is not None
+    if data.files is not None and covers_dates:
         raise Invalid(
             f"files applies only to file sources (sftp), not to a {source.kind} source",
             field="files",
+        )
+    if data.start is not None and not covers_dates:
+        raise Invalid(
+            f"a {source.kind} source imports the files it has not imported yet: start and "
+            "end do not apply (pick files with files)",
+            field="start",
         )
 
 
@@ -379,8 +387,7 @@ async def create_run(
     _check_window(data.start, data.end, data.trigger)
     start, end = data.start, data.end
     connector = _connector(source.kind)
-    if data.files is not None:
-        _check_files_apply(source, connector)
+    _check_fields_apply(source, connector, data)
     if start is None and not data.files:
         tz = await zone(await _tenant_timezone(session, tenant_id))
         config = _typed(source.config, connector.config_type, "config")
