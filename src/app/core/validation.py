@@ -7,8 +7,8 @@
 - :class:`PulseRequest` decodes a JSON body once, strictly (``"60"`` is not an integer),
   against the handler's declared body type, bounded in depth, and finds NUL even in
   free-form (``Any``) parts of the body, naming the field.
-- :func:`reject_nul_in_url`: a NUL in the path or a query parameter is a 400 before
-  routing, so no guard, lookup or query sees it.
+- :func:`reject_nul_in_url`: a NUL in the path or a query parameter is a 400 before any
+  guard, lookup or query sees it.
 - ``MAX_BODY_BYTES``: larger request bodies answer 413 (Litestar's ``request_max_body_size``).
 """
 
