@@ -22,6 +22,12 @@ from app.core.metrics import (
     observability_middleware,
 )
 from app.core.settings import Settings, load_settings
+from app.core.validation import (
+    MAX_BODY_BYTES,
+    PulseRequest,
+    declare_problem_400,
+    reject_nul_in_url,
+)
 
 VERSION = "0.1.0"
 
@@ -44,7 +50,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             **{k: v for module in installed for k, v in module.dependencies.items()},
         },
         guards=[guard for module in installed for guard in module.guards],
-        middleware=[observability_middleware(metrics)],
+        middleware=[observability_middleware(metrics), reject_nul_in_url],
+        request_class=PulseRequest,
+        request_max_body_size=MAX_BODY_BYTES,
         before_send=[add_request_id_header],
         exception_handlers=exception_handlers,
         lifespan=[build_lifespan(settings, metrics, [h for m in installed for h in m.lifespan])],
@@ -70,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    declare_problem_400(app)
     app.state.settings = settings
     app.state.metrics = metrics
     return app

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -480,12 +481,12 @@ async def test_service_account_credentials_are_used_and_bad_ones_are_terminal(
     assert not result.ok
     assert "refused the service account" in result.checks[-1].detail
 
-    ctx = extract_context(
-        CONNECTOR,
-        _fake_config(bigquery_fake),
-        {"service_account_json": "{not json"},
-        window=_today_window(),
-        executor=pool,
-    )
-    with pytest.raises(TerminalError, match="not valid JSON"):
-        await collect(CONNECTOR, ctx)
+    # A key that does not parse is refused when the source is saved (a 400), not at run time.
+    with pytest.raises(msgspec.ValidationError, match="not valid JSON"):
+        extract_context(
+            CONNECTOR,
+            _fake_config(bigquery_fake),
+            {"service_account_json": "{not json"},
+            window=_today_window(),
+            executor=pool,
+        )

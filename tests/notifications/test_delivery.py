@@ -279,7 +279,7 @@ async def test_email_of_a_sender_that_died_mid_flight_is_sent_after_its_lease(
     await tenant_with_recipients()
     await _fail_run(db)
     async with db.session(all_tenants=True) as session:
-        [claimed] = await repository.claim_due(session, limit=10, lease_s=0.2)
+        [claimed] = await repository.claim_due(session, owner="dead-sender", limit=10, lease_s=0.2)
         await session.commit()
     # The "dead" sender never reports back; another one picks the email up after the lease.
     assert await sender.drain_once() == 0

@@ -114,7 +114,7 @@ async def test_compose_flattens_every_header_value(
     target = await target_from_settings(make_settings(database_url, **smtp_settings(smtp_server)))
     message = compose(
         target,
-        message_id=str(uuid.uuid4()),
+        email_id=uuid.uuid4(),
         recipient="ops@acme.test",
         subject="Hello\nBcc: attacker@evil.test",
         text="text",

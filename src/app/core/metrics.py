@@ -142,6 +142,7 @@ async def add_request_id_header(message: Message, scope: Scope) -> None:
     tags=["operations"],
     summary="Prometheus metrics",
     include_in_schema=True,
+    media_type="text/plain; version=0.0.4; charset=utf-8",
     opt={"public": True},
     sync_to_thread=False,
 )

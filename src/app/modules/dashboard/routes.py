@@ -16,6 +16,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from app.core.errors import Invalid, TooManyRequests, error_responses, problem
+from app.core.validation import BIGINT_MAX
 from app.modules.dashboard.export import csv_chunks
 from app.modules.dashboard.parsing import METRICS
 from app.modules.dashboard.runtime import StatsRuntime, answer_query
@@ -56,7 +57,7 @@ FiltersParam = Annotated[
 TimezoneParam = Annotated[
     str | None, QueryParameter(description="IANA timezone; default the tenant's")
 ]
-OffsetParam = Annotated[int, QueryParameter(ge=0)]
+OffsetParam = Annotated[int, QueryParameter(ge=0, le=BIGINT_MAX)]
 
 
 def _field_of(message: str, key: str | None) -> str:
@@ -92,7 +93,7 @@ def _filters(value: str | None) -> list[list[Any]]:
         return []
     try:
         return msgspec.json.decode(value, type=list[list[Any]])
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         raise Invalid(
             "filters is a JSON list of [operator, dimension, values]", field="filters"
         ) from None
@@ -237,7 +238,7 @@ class StatsController(Controller):
         compare: CompareParam = None,
         filters: FiltersParam = None,
         timezone: TimezoneParam = None,
-        limit: Annotated[int, QueryParameter(ge=0)] = 10,
+        limit: Annotated[int, QueryParameter(ge=0, le=BIGINT_MAX)] = 10,
         offset: OffsetParam = 0,
         output_format: Format = None,
     ) -> Response[Any]:

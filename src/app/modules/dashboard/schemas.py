@@ -6,7 +6,8 @@ from typing import Any
 
 import msgspec
 
-MetricValue = int | float | None
+# A number (integers are numbers too: `int | float` became `oneOf`, which no integer passes).
+MetricValue = float | None
 
 
 class StatsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -25,12 +25,13 @@ from app.core.db import Database
 from app.core.errors import error_responses
 from app.core.outbound import policy_for
 from app.core.settings import Settings
+from app.core.validation import BIGINT_MAX
 from app.modules.ingestion import schemas, service
 from app.modules.ingestion.state import IngestionState, ingestion_state
 
 TENANT = "/api/v1/tenants/{tenant_id:str}"
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, QueryParameter(ge=0, description="Items to skip")]
+Offset = Annotated[int, QueryParameter(ge=0, le=BIGINT_MAX, description="Items to skip")]
 
 
 def _wake(state: IngestionState | None) -> None:
@@ -264,7 +265,8 @@ class RunController(Controller):
         "/{run_id:uuid}/progress",
         operation_id="streamRunProgress",
         summary="Live progress as server-sent events until the run ends",
-        responses=error_responses(401, 403, 404),
+        media_type="text/event-stream",
+        responses=error_responses(400, 401, 403, 404),
     )
     async def progress(
         self,

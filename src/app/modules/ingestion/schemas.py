@@ -8,8 +8,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-SourceKind = Annotated[str, msgspec.Meta(examples=["synthetic", "bigquery_ga4", "sftp"])]
-SourceName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+from app.core.validation import Text
+
+SourceKind = Annotated[
+    Text, msgspec.Meta(max_length=64, examples=["synthetic", "bigquery_ga4", "sftp"])
+]
+SourceName = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
+FilePath = Annotated[Text, msgspec.Meta(min_length=1, max_length=4096)]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 RunTrigger = Literal["scheduled", "manual", "backfill"]
 
@@ -17,7 +22,7 @@ RunTrigger = Literal["scheduled", "manual", "backfill"]
 class Schedule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Either a cron expression (in the tenant's timezone) or an interval in seconds."""
 
-    cron: Annotated[str, msgspec.Meta(max_length=200, examples=["0 3 * * *"])] | None = None
+    cron: Annotated[Text, msgspec.Meta(max_length=200, examples=["0 3 * * *"])] | None = None
     interval_s: Annotated[int, msgspec.Meta(ge=1, le=31_622_400)] | None = None
 
 
@@ -75,7 +80,7 @@ class RunCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     trigger: Literal["manual", "backfill"] = "manual"
     start: date | None = None
     end: date | None = None
-    files: Annotated[list[str], msgspec.Meta(max_length=10_000)] | None = None
+    files: Annotated[list[FilePath], msgspec.Meta(max_length=10_000)] | None = None
 
 
 class RunProgress(msgspec.Struct, kw_only=True):

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.crypto import DecryptionFailed, SecretBox
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.outbound import STRICT, OutboundPolicy, OutboundRefused
+from app.core.validation import explain
 from app.modules.ingestion import schemas
 from app.modules.ingestion.connectors import connector_kinds, get_connector
 from app.modules.ingestion.connectors.base import Connector, SourceContext
@@ -34,6 +35,9 @@ from app.modules.tenants import get_tenant_config
 log = structlog.get_logger("app.ingestion")
 
 MAX_WINDOW_DAYS = 366
+# Product analytics before 2000 is not a thing; an earlier date is a typo (0001-01-01).
+EARLIEST_DATE = date(2000, 1, 1)
+FOREIGN_KEY_VIOLATION = "23503"
 
 
 # --- sources -------------------------------------------------------------------
@@ -51,7 +55,9 @@ def _typed(value: dict[str, Any], type_: type[msgspec.Struct], field: str) -> ms
     try:
         return msgspec.convert(value, type_)
     except msgspec.ValidationError as exc:
-        raise Invalid(f"invalid {field}: {exc}", field=field) from None
+        message, path = explain(exc)
+        where = f" at `{path}`" if path else ""
+        raise Invalid(f"invalid {field}{where}: {message}", field=field) from None
 
 
 def _check_outbound(config: msgspec.Struct, outbound: OutboundPolicy | None) -> None:
@@ -120,12 +126,15 @@ async def _get_source(session: AsyncSession, tenant_id: str, source_id: uuid.UUI
     return source
 
 
-async def _flush_unique_name(session: AsyncSession, name: str) -> None:
+async def _flush_unique_name(session: AsyncSession, name: str, tenant_id: str) -> None:
     try:
         await session.flush()
     except IntegrityError as exc:
         if "uq_ingestion_sources_tenant_name" in str(exc.orig):
             raise Conflict(f"a source named {name!r} already exists") from None
+        # The only foreign key of a source is its tenant: no extra query to check it first.
+        if getattr(exc.orig, "sqlstate", None) == FOREIGN_KEY_VIOLATION:
+            raise NotFound(f"tenant {tenant_id!r} not found") from None
         raise
 
 
@@ -164,7 +173,7 @@ async def create_source(
         updated_at=now,
     )
     session.add(source)
-    await _flush_unique_name(session, data.name)
+    await _flush_unique_name(session, data.name, tenant_id)
     log.info("source.created", tenant_id=tenant_id, source_id=str(source_id), kind=data.kind)
     return _to_schema(source)
 
@@ -212,7 +221,7 @@ async def update_source(
             source.last_scheduled_at = datetime.now(UTC)  # no catch-up for the paused time
         source.enabled = data.enabled
     source.updated_at = datetime.now(UTC)
-    await _flush_unique_name(session, source.name)
+    await _flush_unique_name(session, source.name, tenant_id)
     return _to_schema(source)
 
 
@@ -371,12 +380,37 @@ def _check_window(start: date | None, end: date | None, trigger: str) -> None:
     if trigger == "backfill" and start is None:
         raise Invalid("a backfill needs start and end dates", field="start")
     if start is not None and end is not None:
+        if start < EARLIEST_DATE:
+            raise Invalid(f"start is before {EARLIEST_DATE.isoformat()}", field="start")
         if end < start:
             raise Invalid("end is before start", field="end")
         if (end - start).days + 1 > MAX_WINDOW_DAYS:
             raise Invalid(f"a window covers at most {MAX_WINDOW_DAYS} days", field="end")
         if end > datetime.now(UTC).date() + timedelta(days=1):
             raise Invalid("end is in the future", field="end")
+
+
+def _check_fields_apply(source: Source, connector: Connector, data: schemas.RunCreate) -> None:
+    """``files`` picks files of a file-set source (sftp); ``start``/``end`` a date window of
+    the other kinds. A field that does not apply to the source's kind is a 400, not ignored."""
+    if data.files is None and data.start is None:
+        return
+    try:
+        config = msgspec.convert(source.config, connector.config_type)
+    except msgspec.ValidationError:
+        return  # a stored config that no longer validates: the run fails on it, terminally
+    covers_dates = connector.default_window(config, datetime.now(UTC).date()) is not None
+    if data.files is not None and covers_dates:
+        raise Invalid(
+            f"files applies only to file sources (sftp), not to a {source.kind} source",
+            field="files",
+        )
+    if data.start is not None and not covers_dates:
+        raise Invalid(
+            f"a {source.kind} source imports the files it has not imported yet: start and "
+            "end do not apply (pick files with files)",
+            field="start",
+        )
 
 
 async def create_run(
@@ -391,8 +425,9 @@ async def create_run(
     source = await _get_source(session, tenant_id, source_id)
     _check_window(data.start, data.end, data.trigger)
     start, end = data.start, data.end
+    connector = _connector(source.kind)
+    _check_fields_apply(source, connector, data)
     if start is None and not data.files:
-        connector = _connector(source.kind)
         tz = await zone(await _tenant_timezone(session, tenant_id))
         config = _typed(source.config, connector.config_type, "config")
         window = connector.default_window(config, datetime.now(tz).date())

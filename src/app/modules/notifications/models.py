@@ -75,6 +75,9 @@ class OutboxEmail(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The sender holding the lease; every state change of a claimed row checks it, so a
+    # sender whose lease was taken over can no longer requeue or overwrite the row.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

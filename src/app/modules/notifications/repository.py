@@ -171,11 +171,15 @@ class ClaimedEmail:
     attempts: int
 
 
-async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> list[ClaimedEmail]:
-    """Claim up to ``limit`` due emails for this sender (``FOR UPDATE SKIP LOCKED``).
+async def claim_due(
+    session: AsyncSession, *, owner: str, limit: int, lease_s: float
+) -> list[ClaimedEmail]:
+    """Claim up to ``limit`` due emails for sender ``owner`` (``FOR UPDATE SKIP LOCKED``).
 
     Due means pending with its next attempt time passed, or ``sending`` whose lease
-    expired (its sender died mid-flight). The claim counts an attempt and sets a lease.
+    expired (its sender died mid-flight). The claim counts an attempt and sets a lease
+    held by ``owner``: from then on only ``owner`` can change the row (every ``mark_*``,
+    ``release`` and ``renew_leases`` checks it).
     """
     now = func.now()
     due = (
@@ -198,6 +202,7 @@ async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> lis
             status="sending",
             attempts=OutboxEmail.attempts + 1,
             lease_expires_at=now + timedelta(seconds=lease_s),
+            lease_owner=owner,
             updated_at=now,
         )
         .returning(
@@ -228,43 +233,78 @@ async def claim_due(session: AsyncSession, *, limit: int, lease_s: float) -> lis
     ]
 
 
-async def mark_sent(session: AsyncSession, email_id: uuid.UUID, message_id: str) -> None:
-    await session.execute(
+def _held_by(owner: str) -> Any:
+    """Rows ``owner`` still holds: claimed by it and not taken over since."""
+    return and_(OutboxEmail.status == "sending", OutboxEmail.lease_owner == owner)
+
+
+async def mark_sent(
+    session: AsyncSession, email_id: uuid.UUID, message_id: str, *, owner: str
+) -> bool:
+    """Record that the SMTP server accepted the email; False if ``owner`` lost the row."""
+    result = await session.execute(
         update(OutboxEmail)
-        .where(OutboxEmail.id == email_id, OutboxEmail.status == "sending")
+        .where(OutboxEmail.id == email_id, _held_by(owner))
         .values(
             status="sent",
             sent_at=func.now(),
             message_id=message_id,
             lease_expires_at=None,
+            lease_owner=None,
             last_error=None,
             updated_at=func.now(),
         )
+        .returning(OutboxEmail.id)
     )
+    return result.scalar_one_or_none() is not None
 
 
 async def mark_retry(
-    session: AsyncSession, email_id: uuid.UUID, error: str, delay_s: float
+    session: AsyncSession, email_id: uuid.UUID, error: str, delay_s: float, *, owner: str
 ) -> None:
     await session.execute(
         update(OutboxEmail)
-        .where(OutboxEmail.id == email_id, OutboxEmail.status == "sending")
+        .where(OutboxEmail.id == email_id, _held_by(owner))
         .values(
             status="pending",
             next_attempt_at=func.now() + timedelta(seconds=delay_s),
             lease_expires_at=None,
+            lease_owner=None,
             last_error=error,
             updated_at=func.now(),
         )
     )
 
 
-async def mark_failed(session: AsyncSession, email_id: uuid.UUID, error: str) -> None:
+async def mark_failed(
+    session: AsyncSession, email_id: uuid.UUID, error: str, *, owner: str
+) -> None:
     await session.execute(
         update(OutboxEmail)
-        .where(OutboxEmail.id == email_id, OutboxEmail.status == "sending")
-        .values(status="failed", lease_expires_at=None, last_error=error, updated_at=func.now())
+        .where(OutboxEmail.id == email_id, _held_by(owner))
+        .values(
+            status="failed",
+            lease_expires_at=None,
+            lease_owner=None,
+            last_error=error,
+            updated_at=func.now(),
+        )
     )
+
+
+async def renew_leases(
+    session: AsyncSession, email_ids: Sequence[uuid.UUID], *, owner: str, lease_s: float
+) -> set[uuid.UUID]:
+    """Extend ``owner``'s lease on ``email_ids``; returns the ids it still holds."""
+    if not email_ids:
+        return set()
+    result = await session.execute(
+        update(OutboxEmail)
+        .where(OutboxEmail.id.in_(email_ids), _held_by(owner))
+        .values(lease_expires_at=func.now() + timedelta(seconds=lease_s))
+        .returning(OutboxEmail.id)
+    )
+    return set(result.scalars().all())
 
 
 async def list_outbox(
@@ -304,7 +344,11 @@ async def claim_digest_slot(
 
 
 async def release(
-    session: AsyncSession, email_ids: Sequence[uuid.UUID], error: str | None = None
+    session: AsyncSession,
+    email_ids: Sequence[uuid.UUID],
+    error: str | None = None,
+    *,
+    owner: str,
 ) -> None:
     """Put claimed but untried emails back: the attempt did not happen. ``error`` (why they
     could not be tried, e.g. the server is down) is shown as their last error."""
@@ -312,14 +356,13 @@ async def release(
         "status": "pending",
         "attempts": func.greatest(OutboxEmail.attempts - 1, 0),
         "lease_expires_at": None,
+        "lease_owner": None,
         "updated_at": func.now(),
     }
     if error is not None:
         values["last_error"] = error
     await session.execute(
-        update(OutboxEmail)
-        .where(OutboxEmail.id.in_(email_ids), OutboxEmail.status == "sending")
-        .values(**values)
+        update(OutboxEmail).where(OutboxEmail.id.in_(email_ids), _held_by(owner)).values(**values)
     )
 
 

@@ -115,6 +115,7 @@ def dev_mail_handler() -> HTTPRouteHandler:
         operation_id="listCaughtMail",
         tags=["development"],
         summary="Emails caught by the development SMTP catcher (development only)",
+        responses=error_responses(400),
         opt={"public": True},
         sync_to_thread=False,
     )(list_caught_mail)

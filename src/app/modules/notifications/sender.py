@@ -1,9 +1,17 @@
 """The outbox sender: claims due emails with ``SKIP LOCKED`` and delivers them over SMTP.
 
 Any number of replicas can run it against one database. A claim marks rows
-``sending`` with a lease and counts an attempt; the outcome is written as soon as
-each message has been handed to the server. A sender that dies mid-burst leaves
-its rows ``sending`` until the lease expires, then another sender picks them up.
+``sending`` with a lease held by this sender and counts an attempt; the outcome is
+written as soon as each message has been handed to the server. The lease covers one
+message at a time (the SMTP timeouts of one send, about a minute with the defaults) and
+is renewed before each message of the burst, so a sender that dies mid-burst leaves
+its rows ``sending`` for at most that long, then another sender picks them up.
+
+An email the server accepted is never requeued by this sender: it is counted as done
+before its ``sent`` state is written, and if writing fails (the database is away) the
+sender keeps the acceptance in memory and records it before it claims anything else.
+Every state change checks the lease owner, so a sender that lost its lease changes
+nothing. Each email keeps one ``Message-ID`` (from its outbox id) across attempts.
 
 Two kinds of retry:
 - the *message* failed transiently (4xx, dropped mid-message): that email is retried
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+import uuid
 from collections.abc import Sequence
 from email.message import EmailMessage
 
@@ -29,12 +39,26 @@ from app.core.db import Database
 from app.core.errors import is_database_unavailable
 from app.modules.notifications import repository
 from app.modules.notifications.repository import ClaimedEmail
-from app.modules.notifications.smtp import DeliveryError, SmtpConnection, SmtpTarget, compose
+from app.modules.notifications.smtp import (
+    DeliveryError,
+    SmtpConnection,
+    SmtpTarget,
+    compose,
+    message_id_for,
+)
 
 log = structlog.get_logger("app.notifications.sender")
 
 # Longest pause between probes of an unavailable SMTP server.
 MAX_SERVER_PAUSE_S = 60.0
+# Lease time beyond the SMTP bound of one step, for the database writes around it.
+LEASE_MARGIN_S = 20.0
+
+
+def lease_for(timeout_s: float) -> float:
+    """A lease that covers one bounded SMTP step (connect or one message: each at most
+    ``4 * timeout_s``) plus the database writes around it; renewed before every message."""
+    return timeout_s * 4 + LEASE_MARGIN_S
 
 
 def backoff_s(attempts: int, *, base_s: float, max_s: float) -> float:
@@ -79,8 +103,13 @@ class OutboxSender:
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.metrics = SenderMetrics(registry)
-        # Long enough for a whole burst, each message bounded by the SMTP timeouts.
-        self.lease_s = target.timeout_s * 4 * (batch_size + 2) + 30
+        # Sized to the work claimed: one message at a time (renewed before each).
+        self.lease_s = lease_for(target.timeout_s)
+        # Identifies this sender's leases (unique per process and sender).
+        self.owner = f"sender-{uuid.uuid4().hex}"
+        # Emails the server accepted whose "sent" state could not be written yet.
+        self.unrecorded: dict[uuid.UUID, ClaimedEmail] = {}
+        self._lease_until = 0.0
         # Consecutive times the server was unavailable; > 0 means paused between probes.
         self.server_failures = 0
         self._wake = asyncio.Event()
@@ -115,6 +144,11 @@ class OutboxSender:
                 await self._idle(pause, wakeable=False)
             elif handled == 0:
                 await self._idle(self.poll_interval_s, wakeable=True)
+        if self.unrecorded:
+            try:
+                await self.record_pending()
+            except Exception:
+                log.exception("notifications.sent_state_lost", count=len(self.unrecorded))
         log.info("notifications.sender_stopped")
 
     async def _idle(self, seconds: float, *, wakeable: bool) -> None:
@@ -130,22 +164,39 @@ class OutboxSender:
 
     async def drain_once(self) -> int:
         """Claim one burst of due emails and deliver it; returns how many were claimed."""
+        # Acceptances not written yet come first: nothing new is claimed until they are.
+        await self.record_pending()
         async with self.db.session(all_tenants=True) as session:
             claimed = await repository.claim_due(
-                session, limit=self.batch_size, lease_s=self.lease_s
+                session, owner=self.owner, limit=self.batch_size, lease_s=self.lease_s
             )
             await session.commit()
+        self._lease_until = time.monotonic() + self.lease_s
         if claimed:
             await self._deliver(claimed)
         return len(claimed)
+
+    async def record_pending(self) -> None:
+        """Write the ``sent`` state of emails accepted earlier (raises while the DB is away)."""
+        for email in list(self.unrecorded.values()):
+            await self._write_sent(email)
+            del self.unrecorded[email.id]
 
     async def _deliver(self, claimed: Sequence[ClaimedEmail]) -> None:
         connection = SmtpConnection(self.target)
         done = 0
         unavailable: str | None = None
         try:
-            for email in claimed:
+            for index, email in enumerate(claimed):
                 if self._stopping.is_set():
+                    break
+                if not connection.is_open:
+                    try:
+                        await connection.open()
+                    except DeliveryError as exc:
+                        unavailable = exc.reason
+                        break
+                if not await self._hold(claimed[index:]):
                     break
                 try:
                     await connection.send(self._compose(email), email.recipient)
@@ -154,10 +205,13 @@ class OutboxSender:
                         unavailable = exc.reason
                         break
                     await self._record_failure(email, exc)
+                    done += 1
                 else:
+                    # Accepted: from here on this email is never put back in the queue.
+                    done += 1
                     self.server_failures = 0
-                    await self._record_sent(email)
-                done += 1
+                    if not await self._record_sent(email):
+                        break
         finally:
             # Untried emails go back without using an attempt (shielded: this also runs
             # when the task is cancelled, and must reach the database).
@@ -173,10 +227,25 @@ class OutboxSender:
                 released=len(claimed) - done,
             )
 
+    async def _hold(self, remaining: Sequence[ClaimedEmail]) -> bool:
+        """Make the lease cover the next message; False if it can't (stop the burst)."""
+        if self._lease_until - time.monotonic() > self.target.timeout_s * 4 + 5:
+            return True  # still covers one SMTP step (4 timeouts) with room to spare
+        async with self.db.session(all_tenants=True) as session:
+            held = await repository.renew_leases(
+                session, [e.id for e in remaining], owner=self.owner, lease_s=self.lease_s
+            )
+            await session.commit()
+        self._lease_until = time.monotonic() + self.lease_s
+        if remaining[0].id not in held:
+            log.warning("notifications.lease_lost", email_id=str(remaining[0].id))
+            return False
+        return True
+
     def _compose(self, email: ClaimedEmail) -> EmailMessage:
         return compose(
             self.target,
-            message_id=str(email.id),
+            email_id=email.id,
             recipient=email.recipient,
             subject=email.subject,
             text=email.body_text,
@@ -184,12 +253,30 @@ class OutboxSender:
             kind=email.kind,
         )
 
-    async def _record_sent(self, email: ClaimedEmail) -> None:
+    async def _record_sent(self, email: ClaimedEmail) -> bool:
+        """Write the acceptance; on failure keep it for :meth:`record_pending` (False)."""
+        try:
+            await self._write_sent(email)
+        except Exception as exc:
+            self.unrecorded[email.id] = email
+            log.warning(
+                "notifications.sent_state_deferred",
+                email_id=str(email.id),
+                error=type(exc).__name__,
+            )
+            return False
+        return True
+
+    async def _write_sent(self, email: ClaimedEmail) -> None:
         async with self.db.session(email.tenant_id) as session:
-            await repository.mark_sent(
-                session, email.id, f"<{email.id}@{self.target.local_hostname}>"
+            held = await repository.mark_sent(
+                session, email.id, message_id_for(email.id, self.target), owner=self.owner
             )
             await session.commit()
+        if not held:
+            # Another sender took the row over after our lease expired: nothing to write.
+            log.warning("notifications.sent_after_lease_lost", email_id=str(email.id))
+            return
         self.metrics.emails.labels(email.kind, "sent").inc()
         log.info(
             "email.sent",
@@ -203,10 +290,10 @@ class OutboxSender:
         final = exc.permanent or email.attempts >= self.max_attempts
         async with self.db.session(email.tenant_id) as session:
             if final:
-                await repository.mark_failed(session, email.id, exc.reason)
+                await repository.mark_failed(session, email.id, exc.reason, owner=self.owner)
             else:
                 delay = backoff_s(email.attempts, base_s=self.retry_base_s, max_s=self.retry_max_s)
-                await repository.mark_retry(session, email.id, exc.reason, delay)
+                await repository.mark_retry(session, email.id, exc.reason, delay, owner=self.owner)
             await session.commit()
         self.metrics.emails.labels(email.kind, "failed" if final else "retry").inc()
         (log.error if final else log.warning)(
@@ -223,6 +310,6 @@ class OutboxSender:
         if not emails:
             return
         async with self.db.session(all_tenants=True) as session:
-            await repository.release(session, [e.id for e in emails], error)
+            await repository.release(session, [e.id for e in emails], error, owner=self.owner)
             await session.commit()
         log.debug("notifications.claims_released", count=len(emails))

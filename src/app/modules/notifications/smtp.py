@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -98,10 +99,16 @@ async def target_from_settings(
     )
 
 
+def message_id_for(email_id: uuid.UUID, target: SmtpTarget) -> str:
+    """The ``Message-ID`` of an outbox email: the same on every attempt, so a receiver that
+    deduplicates by it drops a copy the outbox could not prevent."""
+    return f"<{email_id}@{target.local_hostname}>"
+
+
 def compose(
     target: SmtpTarget,
     *,
-    message_id: str,
+    email_id: uuid.UUID,
     recipient: str,
     subject: str,
     text: str,
@@ -118,7 +125,7 @@ def compose(
     message["To"] = recipient
     message["Subject"] = one_line(subject, limit=250)
     message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = f"<{message_id}@{target.local_hostname}>"
+    message["Message-ID"] = message_id_for(email_id, target)
     message["Auto-Submitted"] = "auto-generated"
     message["X-Pulse-Kind"] = one_line(kind, limit=32)
     message.set_content(text)

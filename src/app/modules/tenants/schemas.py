@@ -7,6 +7,8 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.validation import Text
+
 TENANT_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 TenantId = Annotated[
     str,
@@ -17,12 +19,12 @@ TenantId = Annotated[
         examples=["acme"],
     ),
 ]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, examples=["Acme Inc"])]
+Name = Annotated[Text, msgspec.Meta(min_length=1, max_length=200, examples=["Acme Inc"])]
 TimeZone = Annotated[
-    str,
+    Text,
     msgspec.Meta(min_length=1, max_length=64, description="IANA name", examples=["Europe/Berlin"]),
 ]
-EventName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+EventName = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
 DEFAULT_CONVERSION_EVENTS = ("purchase",)
 
 

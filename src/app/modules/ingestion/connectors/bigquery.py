@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -31,6 +32,7 @@ from google.api_core.retry import Retry
 from google.cloud import bigquery
 
 from app.core.outbound import STRICT, OutboundPolicy, OutboundRefused
+from app.core.validation import BIGINT_MAX, Text
 from app.modules.ingestion.connectors import bigquery_client as bq
 from app.modules.ingestion.connectors import register_connector
 from app.modules.ingestion.connectors.base import (
@@ -54,6 +56,8 @@ Project = Annotated[
 ]
 Dataset = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^\w+$")]
 EventName = Annotated[str, msgspec.Meta(min_length=1, max_length=40, pattern=r"^\w+$")]
+# What google-auth needs to build service-account credentials.
+_SERVICE_ACCOUNT_KEYS = ("client_email", "private_key", "token_uri")
 WAIT_SLICE_S = 2.0
 QUEUE_PAGES = 4
 START_WAIT_S = 15.0
@@ -62,25 +66,48 @@ START_WAIT_S = 15.0
 class BigQueryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     project: Project
     dataset: Dataset  # analytics_<property id>
-    location: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    location: Annotated[Text, msgspec.Meta(max_length=64)] | None = None
     event_names: Annotated[list[EventName], msgspec.Meta(min_length=1, max_length=50)] = (
         msgspec.field(default_factory=lambda: list(DEFAULT_EVENT_NAMES))
     )
     include_intraday: bool = False
     # Days before today a scheduled run reloads (GA4 rewrites tables for ~72 h).
     reload_days: Annotated[int, msgspec.Meta(ge=0, le=30)] = 3
-    maximum_bytes_billed: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    maximum_bytes_billed: Annotated[int, msgspec.Meta(ge=1, le=BIGINT_MAX)] | None = None
     query_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=21_600)] = 600.0
     # Seconds the client keeps retrying 5xx/429 itself before the engine's backoff.
     api_retry_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 30.0
     page_size: Annotated[int, msgspec.Meta(ge=1, le=50_000)] = 10_000
     # For emulators and tests: e.g. "http://127.0.0.1:9050".
-    api_endpoint: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
+    api_endpoint: (
+        Annotated[str, msgspec.Meta(max_length=2048, pattern=r"^https?://[^\x00]*$")] | None
+    ) = None
 
 
 class BigQuerySecrets(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The key file's JSON, as a string or an object.
     service_account_json: str | dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # Checked the way the connector will read it (bq.service_account_info, then
+        # google-auth's from_service_account_info), so a typo is a 400, not a failed run.
+        raw = self.service_account_json
+        if raw is None or raw == "":
+            return
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise ValueError("service_account_json is not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise ValueError("service_account_json must be a JSON object (a key file)")
+        if raw.get("type") != "service_account":
+            raise ValueError('service_account_json is not a service account key ("type")')
+        missing = [
+            k for k in _SERVICE_ACCOUNT_KEYS if not isinstance(raw.get(k), str) or not raw[k]
+        ]
+        if missing:
+            raise ValueError(f"service_account_json lacks {', '.join(missing)}")
 
 
 def check_endpoint_override(url: str, outbound: OutboundPolicy | None) -> None:

@@ -3,13 +3,16 @@
 The server's host key is required: either a known_hosts line (or just
 ``<type> <base64>``), or a ``SHA256:...`` fingerprint. There is no trust on first
 use; a server presenting another key is refused, and the error names the key it
-presented so an admin can compare it out of band.
+presented (its SHA256 fingerprint) so an admin can compare it out of band. A pinned key
+of a type the server does not offer (an ECDSA line from ``ssh-keyscan`` for a server
+that negotiates ed25519) is terminal too, and the error names the types it offers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import stat
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +45,44 @@ class HostKeyCheck:
 
     fingerprint: str | None = None
     presented: str | None = None
+    # Host key algorithms the pinned key can be used with (empty for a bare fingerprint).
+    pinned_algs: tuple[str, ...] = ()
+    # Host key algorithms the server listed in its KEXINIT (None: not seen).
+    offered: tuple[str, ...] | None = None
+    connection: Any = None
+
+    def server_offered(self) -> tuple[str, ...] | None:
+        """The host key types of the server's KEXINIT, read once the connection failed."""
+        if self.offered is None and self.connection is not None:
+            self.offered = _kexinit_host_key_algs(getattr(self.connection, "_server_kexinit", b""))
+        return self.offered
+
+    def type_mismatch(self) -> bool:
+        offered = self.server_offered()
+        return (
+            bool(self.pinned_algs)
+            and bool(offered)
+            and not set(self.pinned_algs) & set(offered or ())
+        )
+
+
+def _kexinit_host_key_algs(payload: bytes | None) -> tuple[str, ...] | None:
+    """The server_host_key_algorithms name-list of an SSH KEXINIT payload (RFC 4253 7.1).
+
+    asyncssh keeps the server's KEXINIT (a private attribute): read defensively, None when
+    it is missing or does not parse.
+    """
+    if not payload or payload[0] != 20:  # SSH_MSG_KEXINIT
+        return None
+    try:
+        offset = 1 + 16  # message type, cookie
+        (kex_len,) = struct.unpack_from(">I", payload, offset)
+        offset += 4 + kex_len
+        (hk_len,) = struct.unpack_from(">I", payload, offset)
+        names = payload[offset + 4 : offset + 4 + hk_len].decode("ascii")
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return tuple(n for n in names.split(",") if n)
 
 
 def _trusted_key(host_key: str) -> asyncssh.SSHKey | None:
@@ -58,6 +99,9 @@ def _trusted_key(host_key: str) -> asyncssh.SSHKey | None:
 
 def _client_factory(fingerprint: str, check: HostKeyCheck) -> type[asyncssh.SSHClient]:
     class PinnedClient(asyncssh.SSHClient):
+        def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+            check.connection = conn  # to read the server's KEXINIT if the exchange fails
+
         def validate_host_public_key(
             self, host: str, addr: str, port: int, key: asyncssh.SSHKey
         ) -> bool:
@@ -106,9 +150,14 @@ def connect_options(
                 "host_key must be a known_hosts line ('<host> ssh-ed25519 AAAA...') "
                 "or a SHA256 fingerprint ('SHA256:...')"
             )
-        options["known_hosts"] = ([trusted], [], [])
-        options["server_host_key_algs"] = [trusted.get_algorithm()]
+        # Every signature algorithm of the key (an RSA key: rsa-sha2-256/512, not only the
+        # SHA-1 "ssh-rsa" that current OpenSSH servers refuse).
+        check.pinned_algs = tuple(a.decode() for a in trusted.sig_algorithms)
         check.fingerprint = trusted.get_fingerprint("sha256")
+        options["known_hosts"] = ([], [], [])
+        options["server_host_key_algs"] = list(check.pinned_algs)
+        # The same check as a fingerprint pin: it also records what the server presented.
+        options["client_factory"] = _client_factory(check.fingerprint, check)
     return options, check
 
 
@@ -123,6 +172,14 @@ def classify(exc: BaseException, endpoint: Endpoint, check: HostKeyCheck) -> Con
         return TerminalError(
             f"the server's host key at {where} does not match the configured host key "
             f"{check.fingerprint}{seen}; refusing to connect"
+        )
+    if check.type_mismatch():
+        # The server cannot prove a key of the pinned type: no retry will change that.
+        return TerminalError(
+            f"the server's host key at {where} does not match the configured host key "
+            f"{check.fingerprint} ({', '.join(check.pinned_algs[:2])}): the server offers "
+            f"host keys of type {', '.join(check.server_offered() or ())} only"
+            f"{_presented(check)}; pin its key of one of those types (ssh-keyscan -t TYPE)"
         )
     if isinstance(exc, asyncssh.PermissionDenied):
         return TerminalError(
@@ -139,6 +196,27 @@ def classify(exc: BaseException, endpoint: Endpoint, check: HostKeyCheck) -> Con
     if isinstance(exc, OSError):
         return TransientError(f"cannot reach {where}: {exc}")
     return TransientError(f"SFTP error with {where}: {type(exc).__name__}: {exc}")
+
+
+def _presented(check: HostKeyCheck) -> str:
+    return f" (it presented {check.presented})" if check.presented else ""
+
+
+async def _probe_presented_key(endpoint: Endpoint, check: HostKeyCheck) -> None:
+    """After a key type mismatch, fetch the key the server does present (its fingerprint
+    goes into the error). Best effort, bounded; a failure only leaves it out."""
+    try:
+        async with asyncio.timeout(endpoint.connect_timeout_s):
+            key = await asyncssh.get_server_host_key(
+                endpoint.host,
+                endpoint.port,
+                server_host_key_algs=list(check.server_offered() or ()),
+                config=[],
+            )
+    except (OSError, TimeoutError, asyncssh.Error, ValueError):
+        return
+    if key is not None:
+        check.presented = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
 
 
 @asynccontextmanager
@@ -161,6 +239,8 @@ async def open_sftp(endpoint: Endpoint) -> AsyncIterator[asyncssh.SFTPClient]:
             conn = await asyncssh.connect(target.address, host_key_alias=endpoint.host, **options)
             sftp = await conn.start_sftp_client()
     except Exception as exc:
+        if check.type_mismatch():
+            await _probe_presented_key(endpoint, check)
         raise classify(exc, endpoint, check) from exc
     try:
         yield sftp

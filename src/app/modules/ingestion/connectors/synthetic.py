@@ -23,6 +23,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 
 from app.core.cpu import background_slice
+from app.core.validation import INT_MAX
 from app.modules.events.schema import event_id_for
 from app.modules.ingestion.connectors import register_connector
 from app.modules.ingestion.connectors.base import (
@@ -36,7 +37,7 @@ from app.modules.ingestion.connectors.base import (
 
 
 class SyntheticConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    seed: int = 1
+    seed: Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)] = 1
     sessions_per_day: Annotated[int, msgspec.Meta(ge=0, le=2_000_000)] = 200
     # A run with no window covers the last ``days_back`` days, today included.
     days_back: Annotated[int, msgspec.Meta(ge=1, le=400)] = 1
@@ -44,7 +45,7 @@ class SyntheticConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Slows the source down (demos, tests of cancellation and crash recovery).
     batch_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 0
     # Every Nth row is malformed on purpose (demonstrates quarantine); 0 = never.
-    bad_row_every: Annotated[int, msgspec.Meta(ge=0)] = 0
+    bad_row_every: Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)] = 0
 
 
 class SyntheticSecrets(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
