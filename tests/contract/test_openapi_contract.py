@@ -32,7 +32,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.fixtures.oidc import AUDIENCE, TokenFor, default_issuer
+from tests.conftest import make_settings
+from tests.fixtures.oidc import AUDIENCE, AUTH_SETTINGS, TokenFor, default_issuer
 
 # Generated requests per operation and generation mode: ~30 operations x (3 roles x 4
 # valid + 4 invalid) is about 500 requests, well under two minutes here.
@@ -55,19 +56,22 @@ def _free_port() -> int:
 
 @pytest.fixture
 def live_server(database_url: str, clean_tables: None, tmp_path: Path) -> Iterator[str]:
-    """``python -m app serve`` on a free loopback port; yields its base URL."""
+    """``python -m app serve`` on a free loopback port; yields its base URL. It connects
+    as the tests' application role (row-level security applies) and grants operator
+    through the test issuer's explicit claim, like every other test app."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
     env.update(
         PULSE_ENV="test",
         PULSE_HOST="127.0.0.1",
         PULSE_PORT=str(port),
-        PULSE_DATABASE_URL=database_url,
+        PULSE_DATABASE_URL=make_settings(database_url).database_url or "",
         PULSE_SECRET_KEY="test-secret-key-not-for-production",
         PULSE_LOG_LEVEL="WARNING",
         PULSE_DB_POOL_SIZE="5",
         PULSE_OIDC_ISSUER=default_issuer().issuer,
         PULSE_OIDC_AUDIENCE=AUDIENCE,
+        **{f"PULSE_{name.upper()}": str(value) for name, value in AUTH_SETTINGS.items()},
     )
     log = (tmp_path / "server.log").open("wb")
     # cwd: a directory without a .env file, so only the variables above configure it.
