@@ -33,6 +33,8 @@ class DevBigQuery:
     endpoint: str
     project: str
     dataset: str
+    rest_port: int = 0
+    grpc_port: int = 0
 
 
 def available() -> bool:
@@ -60,10 +62,16 @@ def install_spatial_extension() -> None:
         con.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_port(preferred: int = 0) -> int:
+    """``preferred`` when it can be bound on loopback now, otherwise any free port."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
 
 
 def ga4_schema() -> list[Any]:
@@ -203,9 +211,14 @@ def _seed(endpoint: str, *, seed: int, sessions_per_day: int, days: int) -> None
     )
     try:
         client.create_dataset(f"{PROJECT}.{DATASET}", exists_ok=True)
+        # The emulator keeps its tables across restarts: only days not seeded yet are new.
+        # (A start interrupted while seeding may leave its last day short: `make clean`.)
+        existing = {t.table_id for t in client.list_tables(f"{PROJECT}.{DATASET}")}
         today = datetime.now(UTC).date()
         for offset in range(days, 0, -1):
             day = today - timedelta(days=offset)
+            if f"events_{day:%Y%m%d}" in existing:
+                continue
             table = client.create_table(
                 bigquery.Table(f"{PROJECT}.{DATASET}.events_{day:%Y%m%d}", schema=ga4_schema()),
                 exists_ok=True,
@@ -222,27 +235,42 @@ def _seed(endpoint: str, *, seed: int, sessions_per_day: int, days: int) -> None
 class DevBigQueryProcess:
     """Owns the emulator child process. ``start``/``stop`` are blocking (call via a thread)."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, data_dir: Path | None = None) -> None:
         self._log_path = log_path
+        self._data_dir = data_dir
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, seed: int, sessions_per_day: int, days: int) -> DevBigQuery:
+    def start(
+        self, *, seed: int, sessions_per_day: int, days: int, rest_port: int = 0, grpc_port: int = 0
+    ) -> DevBigQuery:
+        """Start on the given ports when free (a source keeps its endpoint across restarts)."""
         install_spatial_extension()
-        rest, grpc = _free_port(), _free_port()
+        rest = _free_port(rest_port)
+        grpc = _free_port(grpc_port if grpc_port != rest else 0)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        storage: list[str] = []
+        if self._data_dir is not None:
+            # Persistent: a restart reuses the seeded tables instead of loading them again.
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            storage = ["--persistent", "--data-dir", str(self._data_dir)]
         with self._log_path.open("wb") as log_file:
             self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
                 [sys.executable, "-m", "bqemulator", "start",
                  "--rest-host", "127.0.0.1", "--rest-port", str(rest),
                  "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc),
-                 "--project", PROJECT, "--log-level", "warning"],
+                 "--project", PROJECT, "--log-level", "warning", *storage],
                 stdout=log_file, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # No Avro extension: its download from extensions.duckdb.org only times out
+                # offline, slowing every start; Pulse never loads Avro.
+                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                     "BQEMU_ENABLE_FORMAT_EXTENSIONS": "false"},
             )  # fmt: skip
         endpoint = f"http://127.0.0.1:{rest}"
         _wait_ready(f"{endpoint}/bigquery/v2/projects/{PROJECT}/datasets", self._proc, 120)
         _seed(endpoint, seed=seed, sessions_per_day=sessions_per_day, days=days)
-        return DevBigQuery(endpoint=endpoint, project=PROJECT, dataset=DATASET)
+        return DevBigQuery(
+            endpoint=endpoint, project=PROJECT, dataset=DATASET, rest_port=rest, grpc_port=grpc
+        )
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
