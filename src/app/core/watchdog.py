@@ -20,10 +20,26 @@ from prometheus_client import Histogram
 
 log = structlog.get_logger("app.watchdog")
 
+# Start-up (imports, migrations, the first loads) stalls the loop by design; until the app
+# has started and this long after, stalls are logged at debug (PULSE_LOG_LEVELS=
+# app.watchdog=DEBUG shows them) instead of as warnings with stacks that look like crashes.
+STARTUP_GRACE_S = 10.0
+
 
 class LoopWatchdog:
-    def __init__(self, lag_histogram: Histogram, *, interval_s: float, warn_s: float) -> None:
+    def __init__(
+        self,
+        lag_histogram: Histogram,
+        *,
+        interval_s: float,
+        warn_s: float,
+        startup_grace_s: float | None = None,
+    ) -> None:
         self._histogram = lag_histogram
+        # None: no start-up phase (warn from the first stall); otherwise quiet until
+        # ``mark_started()`` plus this long.
+        self._startup_grace_s = startup_grace_s
+        self._quiet_until = float("inf") if startup_grace_s is not None else 0.0
         self._interval_s = interval_s
         self._warn_s = warn_s
         self._heartbeat = time.monotonic()
@@ -37,6 +53,13 @@ class LoopWatchdog:
 
     def reset_max(self) -> None:
         self.max_lag_s = 0.0
+
+    def mark_started(self) -> None:
+        """The app has started: stalls become warnings after the start-up grace."""
+        self._quiet_until = time.monotonic() + (self._startup_grace_s or 0.0)
+
+    def starting(self) -> bool:
+        return time.monotonic() < self._quiet_until
 
     async def run(self) -> None:
         """Run until cancelled; owns the helper thread for its lifetime."""
@@ -55,7 +78,8 @@ class LoopWatchdog:
                 self.samples += 1
                 self.max_lag_s = max(self.max_lag_s, lag)
                 if lag >= self._warn_s:
-                    log.warning("loop.lag", lag_ms=round(lag * 1000, 1))
+                    report = log.debug if self.starting() else log.warning
+                    report("loop.lag", lag_ms=round(lag * 1000, 1))
         finally:
             self._stop.set()
 
@@ -71,4 +95,8 @@ class LoopWatchdog:
             frame = sys._current_frames().get(self._loop_thread_id or 0)
             stack = "".join(traceback.format_stack(frame, limit=20)) if frame else "unavailable"
             self.last_blocked_stack = stack
-            log.warning("loop.blocked", blocked_ms=round(stalled * 1000, 1), stack=stack)
+            if self.starting():
+                log.debug("loop.blocked", blocked_ms=round(stalled * 1000, 1), stack=stack,
+                          during="start-up")  # fmt: skip
+            else:
+                log.warning("loop.blocked", blocked_ms=round(stalled * 1000, 1), stack=stack)

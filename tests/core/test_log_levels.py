@@ -1,0 +1,86 @@
+"""Library loggers are quiet by default and configurable; the watchdog keeps start-up quiet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+from structlog.testing import capture_logs
+
+from app.core.logging import QUIET_LIBRARIES, apply_logger_levels
+from app.core.settings import SettingsError, load_settings
+from app.core.watchdog import LoopWatchdog
+
+
+def test_chatty_libraries_log_at_warning_by_default() -> None:
+    settings = load_settings({}, dotenv=None)
+    levels = apply_logger_levels(settings)
+    for name in ("asyncssh", "aiosmtpd", "mail.log", "aiosmtplib", "google", "urllib3"):
+        assert name in QUIET_LIBRARIES
+        assert levels[name] == "WARNING"
+        assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING
+
+
+def test_log_levels_setting_overrides_a_library_and_adds_loggers() -> None:
+    settings = load_settings({"PULSE_LOG_LEVELS": "asyncssh=info, app.watchdog=DEBUG"}, dotenv=None)
+    try:
+        apply_logger_levels(settings)
+        assert logging.getLogger("asyncssh").level == logging.INFO
+        assert logging.getLogger("app.watchdog").level == logging.DEBUG
+        assert logging.getLogger("aiosmtpd").level == logging.WARNING
+    finally:
+        apply_logger_levels(load_settings({}, dotenv=None))
+        logging.getLogger("app.watchdog").setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize("value", ["asyncssh", "asyncssh=LOUD", "=INFO"])
+def test_bad_log_levels_are_refused_with_the_variable_name(value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"PULSE_LOG_LEVELS": value}, dotenv=None)
+    assert "PULSE_LOG_LEVELS" in str(caught.value)
+    assert "logger=LEVEL" in str(caught.value)
+
+
+def _busy(seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+async def _stall(watchdog: LoopWatchdog) -> list[dict[str, object]]:
+    """Block the loop once; the watchdog's reports of it."""
+    before = watchdog.blocked_reports
+    samples = watchdog.samples
+    with capture_logs() as logs:
+        _busy(0.3)
+        async with asyncio.timeout(10):
+            while watchdog.blocked_reports == before or watchdog.samples < samples + 3:
+                await asyncio.sleep(0.01)
+    return [e for e in logs if e["event"] in ("loop.blocked", "loop.lag")]
+
+
+def _histogram() -> Histogram:
+    return Histogram("lag_seconds", "lag", registry=CollectorRegistry())
+
+
+async def test_watchdog_reports_start_up_stalls_at_debug_and_later_ones_as_warnings() -> None:
+    watchdog = LoopWatchdog(_histogram(), interval_s=0.01, warn_s=0.05, startup_grace_s=0.0)
+    task = asyncio.create_task(watchdog.run())
+    try:
+        while watchdog.samples < 3:
+            await asyncio.sleep(0.01)
+        during_start = await _stall(watchdog)
+        assert during_start, "the stall was not reported at all"
+        assert {e["log_level"] for e in during_start} == {"debug"}
+        watchdog.mark_started()  # grace 0: from now on a stall is a warning with its stack
+        after = await _stall(watchdog)
+        blocked = [e for e in after if e["event"] == "loop.blocked"]
+        assert blocked
+        assert blocked[0]["log_level"] == "warning"
+        assert "_busy" in str(blocked[0]["stack"])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
