@@ -8,6 +8,7 @@ a generic detail and the request id that points at the log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -172,10 +173,8 @@ def _plain_error(error: Any) -> Any:
         )
     elif message.startswith(_REGEX_PREFIX):
         pattern = message.removeprefix(_REGEX_PREFIX)
-        try:
-            pattern = msgspec.json.decode(pattern, type=str)  # it is quoted and escaped
-        except msgspec.DecodeError:
-            pass
+        with contextlib.suppress(msgspec.DecodeError):  # it is quoted and escaped
+            pattern = msgspec.json.decode(pattern, type=str)
         words = _FORMAT_WORDS.get(pattern)
         message = f"must be {words}" if words else "does not have the expected format"
     return {**error, "message": message}
