@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.main import create_app
+from tests.conftest import make_settings
 from tests.fixtures.browser import PageFor, PulseWeb, save_artifact
 
 TIMEOUT_MS = 30_000
@@ -97,3 +99,15 @@ async def test_openapi_document_declares_oidc_code_flow_and_bearer(pulse_web: Pu
     assert flow["tokenUrl"] == "/dev-issuer/token"
     assert {"BearerAuth": []} in document["security"]
     assert {"OIDC": []} in document["security"]
+
+
+def test_with_a_real_issuer_the_document_declares_its_discovery(database_url: str) -> None:
+    settings = make_settings(
+        database_url, env="production", oidc_issuer="https://idp.example/realms/acme/"
+    )
+    document = create_app(settings).openapi_schema.to_schema()
+    oidc = document["components"]["securitySchemes"]["OIDC"]
+    assert oidc["type"] == "openIdConnect"
+    assert oidc["openIdConnectUrl"] == (
+        "https://idp.example/realms/acme/.well-known/openid-configuration"
+    )

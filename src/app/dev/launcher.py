@@ -57,6 +57,10 @@ class World:
     scale: float = 1.0
     sftp: DevSftp | None = None
     bigquery: DevBigQuery | None = None
+    # Filling the emulator's missing days, in a worker thread: the banner does not wait.
+    bigquery_seeding: asyncio.Task[None] | None = None
+    # First imports that must wait for the seeding: (tenant id, source id, run body).
+    deferred_runs: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -117,10 +121,13 @@ async def start_world(settings: Settings, scale: float) -> AsyncIterator[World]:
     drop = dev_dir / "sftp" / "drop"
     ports_file = dev_dir / "ports.json"
     ports = await asyncio.to_thread(read_ports, ports_file)
-    written = await asyncio.to_thread(
-        write_drop_files, drop, seed=7, sessions_per_day=_scaled(150, scale), days=DEMO_DAYS
+    # The drop files are written while the emulator (a child process) starts up.
+    files = asyncio.create_task(
+        asyncio.to_thread(
+            write_drop_files, drop, seed=7, sessions_per_day=_scaled(150, scale), days=DEMO_DAYS
+        ),
+        name="dev-drop-files",
     )
-    log.info("dev.files_ready", directory=str(drop), new_files=len(written))
     sftp_thread = DevSftpThread(
         dev_dir / "sftp", dev_dir / "ssh_host_ed25519_key", DEMO_SFTP_USER, DEMO_SFTP_PASSWORD
     )
@@ -136,9 +143,6 @@ async def start_world(settings: Settings, scale: float) -> AsyncIterator[World]:
                 world.bigquery = await asyncio.to_thread(
                     functools.partial(
                         emulator.start,
-                        seed=5,
-                        sessions_per_day=_scaled(80, scale),
-                        days=DEMO_BIGQUERY_DAYS,
                         rest_port=ports.get("bigquery_rest", 0),
                         grpc_port=ports.get("bigquery_grpc", 0),
                     )
@@ -146,15 +150,36 @@ async def start_world(settings: Settings, scale: float) -> AsyncIterator[World]:
                 ports["bigquery_rest"] = world.bigquery.rest_port
                 ports["bigquery_grpc"] = world.bigquery.grpc_port
                 log.info("dev.bigquery_started", endpoint=world.bigquery.endpoint)
+                world.bigquery_seeding = asyncio.create_task(
+                    asyncio.to_thread(
+                        functools.partial(
+                            emulator.seed,
+                            world.bigquery,
+                            seed=5,
+                            sessions_per_day=_scaled(80, scale),
+                            days=DEMO_BIGQUERY_DAYS,
+                        )
+                    ),
+                    name="dev-bigquery-seed",
+                )
             except (RuntimeError, OSError) as exc:
                 log.error("dev.bigquery_failed", error=str(exc))
                 world.notes.append(f"! BigQuery emulator did not start: {exc}")
         else:
             world.notes.append("(BigQuery emulator not installed: the BigQuery source is skipped)")
+        written = await files
+        log.info("dev.files_ready", directory=str(drop), new_files=len(written))
         await asyncio.to_thread(write_ports, ports_file, ports)
         yield world
     finally:
+        # Stopping the emulator ends a seeding still in progress (its calls fail).
         await asyncio.to_thread(emulator.stop)
+        await asyncio.gather(files, return_exceptions=True)
+        seeding = world.bigquery_seeding
+        if seeding is not None:
+            await asyncio.wait({seeding}, timeout=30)
+            if seeding.done() and not seeding.cancelled() and seeding.exception() is not None:
+                log.info("dev.bigquery_seed_interrupted", error=str(seeding.exception()))
         await asyncio.to_thread(sftp_thread.stop)
 
 
@@ -244,7 +269,9 @@ async def bootstrap(api: httpx.AsyncClient, world: World) -> None:
     for tenant_id, source in plan:
         try:
             source_id, new = await _ensure_source(api, tenant_id, source)
-            if new:
+            if new and source["kind"] == "bigquery_ga4" and world.bigquery_seeding is not None:
+                world.deferred_runs.append((tenant_id, source_id, first_run(source)))
+            elif new:
                 run = await api.post(
                     f"/api/v1/tenants/{tenant_id}/sources/{source_id}/runs",
                     json=first_run(source),
@@ -336,6 +363,22 @@ def write_banner(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+async def finish_seeding(api: httpx.AsyncClient, world: World) -> None:
+    """After the banner: wait for the BigQuery emulator's data, then start the imports that
+    needed it. Failures are reported, never raised (the rest of the world keeps running)."""
+    if world.bigquery_seeding is not None:
+        try:
+            await world.bigquery_seeding
+            log.info("dev.bigquery_seeded")
+        except Exception as exc:  # the emulator's client raises many kinds
+            log.error("dev.bigquery_seed_failed", error=str(exc))
+            return
+    for tenant_id, source_id, body in world.deferred_runs:
+        answer = await api.post(f"/api/v1/tenants/{tenant_id}/sources/{source_id}/runs", json=body)
+        if answer.status_code != 202:
+            log.error("dev.first_run_failed", source_id=source_id, detail=answer.text[:300])
+
+
 async def run_dev(settings: Settings, scale: float = 1.0) -> int:
     """Start the world, then Pulse, bootstrap the demo and serve until Ctrl-C."""
     from app.core.logging import configure_logging
@@ -344,7 +387,8 @@ async def run_dev(settings: Settings, scale: float = 1.0) -> int:
     configure_logging(settings)
     async with start_world(settings, scale) as world:
         app = create_app(settings)
-        # The scheduler waits for this: its first tick must see the bootstrapped sources.
+        # The scheduler waits for this: its first tick must see the bootstrapped sources
+        # and the emulator's data.
         scheduling_gate = asyncio.Event()
         app.state.scheduling_gate = scheduling_gate
         # The launcher's own loop (uvloop) is already running: uvicorn must not make one.
@@ -358,21 +402,34 @@ async def run_dev(settings: Settings, scale: float = 1.0) -> int:
                 return 1
             await asyncio.sleep(0.05)
         issuer = await asyncio.to_thread(DevIssuer.from_settings, settings)
-        operator = issuer.mint(tenants=[], role="operator", subject="dev-launcher", ttl_s=600)
+        operator = issuer.mint(tenants=[], role="operator", subject="dev-launcher", ttl_s=3600)
         base = f"http://{settings.host}:{settings.port}"
-        try:
-            async with httpx.AsyncClient(
-                base_url=base, headers={"Authorization": f"Bearer {operator}"}, timeout=30
-            ) as api:
+        async with httpx.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {operator}"}, timeout=30
+        ) as api:
+            seeding: asyncio.Task[None] | None = None
+            try:
                 await bootstrap(api, world)
-        finally:
-            scheduling_gate.set()
-        admin = issuer.mint(tenants=["demo"], role="admin", subject="demo-admin")
-        viewer = issuer.mint(tenants=["acme"], role="viewer", subject="acme-viewer")
-        catcher = getattr(app.state, "mail_catcher", None)
-        endpoints = Endpoints(base=base, mail_port=catcher.port if catcher is not None else None)
-        text = banner(endpoints, admin, viewer, world)
-        await asyncio.to_thread(write_banner, settings.data_path / BANNER_FILE, text)
-        await asyncio.to_thread(print, text, flush=True)
+                if world.bigquery_seeding is not None and not world.bigquery_seeding.done():
+                    world.notes.append(
+                        "(the BigQuery emulator is still being filled with demo data; its"
+                        " first import starts when that is done)"
+                    )
+                admin = issuer.mint(tenants=["demo"], role="admin", subject="demo-admin")
+                viewer = issuer.mint(tenants=["acme"], role="viewer", subject="acme-viewer")
+                catcher = getattr(app.state, "mail_catcher", None)
+                endpoints = Endpoints(
+                    base=base, mail_port=catcher.port if catcher is not None else None
+                )
+                text = banner(endpoints, admin, viewer, world)
+                await asyncio.to_thread(write_banner, settings.data_path / BANNER_FILE, text)
+                await asyncio.to_thread(print, text, flush=True)
+                seeding = asyncio.create_task(finish_seeding(api, world), name="dev-seeding")
+                await asyncio.wait({seeding, serving}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                scheduling_gate.set()
+            if seeding is not None and not seeding.done():  # Ctrl-C while still filling
+                seeding.cancel()
+                await asyncio.gather(seeding, return_exceptions=True)
         await serving
     return 0
