@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 import time
+from collections.abc import Callable, Coroutine
+from types import FrameType
+from typing import Any
 
 import pytest
+import uvloop
 from prometheus_client import CollectorRegistry, Histogram
 from structlog.testing import capture_logs
 
 from app.core.logging import QUIET_LIBRARIES, apply_logger_levels
 from app.core.settings import SettingsError, load_settings
-from app.core.watchdog import LoopWatchdog
+from app.core.watchdog import LoopWatchdog, outside_python
 
 
 def test_chatty_libraries_log_at_warning_by_default() -> None:
@@ -84,3 +90,38 @@ async def test_watchdog_reports_start_up_stalls_at_debug_and_later_ones_as_warni
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def _idle_loop_seen_as_outside_python(run: Callable[[Coroutine[Any, Any, None]], None]) -> bool:
+    """Run an idle event loop in a thread; is its sampled frame classed as outside Python?"""
+    stop = threading.Event()
+
+    async def idle() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+
+    thread = threading.Thread(target=run, args=(idle(),))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(thread.ident or 0)
+            if frame is not None and outside_python(frame):
+                return True
+            time.sleep(0.01)  # sampling another thread, as the watchdog's helper does
+        return False
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_a_stall_outside_python_code_is_explained_instead_of_a_stack() -> None:
+    # An idle loop (asyncio's or uvloop's) shows only the loop's machinery...
+    assert _idle_loop_seen_as_outside_python(asyncio.run)
+    assert _idle_loop_seen_as_outside_python(uvloop.run)
+
+    # ...while Python code that blocks is named by its own frame.
+    def handler() -> FrameType:
+        return sys._getframe()
+
+    assert not outside_python(handler())

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from types import FrameType
 
 import structlog
 from prometheus_client import Histogram
@@ -24,6 +25,32 @@ log = structlog.get_logger("app.watchdog")
 # has started and this long after, stalls are logged at debug (PULSE_LOG_LEVELS=
 # app.watchdog=DEBUG shows them) instead of as warnings with stacks that look like crashes.
 STARTUP_GRACE_S = 10.0
+
+
+OUTSIDE_PYTHON = (
+    "no Python code of the loop was running: the loop waited for the GIL (another thread"
+    " held it), ran C code, or the machine was too busy to schedule it"
+)
+# (file, function) of the innermost Python frame when the loop thread runs no Python code:
+# uvloop's loop is C, so an idle or GIL-starved uvloop shows the frame that started it.
+_LOOP_MACHINERY = frozenset(
+    {
+        ("asyncio/runners.py", "run"),
+        ("asyncio/base_events.py", "run_until_complete"),
+        ("asyncio/base_events.py", "run_forever"),
+        ("asyncio/base_events.py", "_run_once"),
+        ("selectors.py", "select"),
+        ("selectors.py", "poll"),
+        ("uvloop/__init__.py", "run"),
+    }
+)
+
+
+def outside_python(frame: FrameType) -> bool:
+    """The loop thread's innermost Python frame is the event loop's own machinery."""
+    path = frame.f_code.co_filename.replace("\\", "/")
+    name = frame.f_code.co_name
+    return any(path.endswith(file) and name == func for file, func in _LOOP_MACHINERY)
 
 
 class LoopWatchdog:
@@ -95,8 +122,13 @@ class LoopWatchdog:
             frame = sys._current_frames().get(self._loop_thread_id or 0)
             stack = "".join(traceback.format_stack(frame, limit=20)) if frame else "unavailable"
             self.last_blocked_stack = stack
-            if self.starting():
-                log.debug("loop.blocked", blocked_ms=round(stalled * 1000, 1), stack=stack,
-                          during="start-up")  # fmt: skip
+            fields: dict[str, object] = {"blocked_ms": round(stalled * 1000, 1)}
+            if frame is not None and outside_python(frame):
+                # A stack ending in the loop's own run call names nothing: say what it means.
+                fields["where"] = OUTSIDE_PYTHON
             else:
-                log.warning("loop.blocked", blocked_ms=round(stalled * 1000, 1), stack=stack)
+                fields["stack"] = stack
+            if self.starting():
+                log.debug("loop.blocked", during="start-up", **fields)
+            else:
+                log.warning("loop.blocked", **fields)
