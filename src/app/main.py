@@ -18,7 +18,7 @@ from app.core.metrics import (
     metrics_endpoint,
     observability_middleware,
 )
-from app.core.openapi import openapi_assets, openapi_config
+from app.core.openapi import UNCOMPRESSED_PATHS, openapi_assets, openapi_config
 from app.core.settings import Settings, load_settings
 
 VERSION = "0.1.0"
@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers=exception_handlers,
         lifespan=[build_lifespan(settings, metrics, [h for m in installed for h in m.lifespan])],
         openapi_config=openapi_config(settings, VERSION),
-        compression_config=CompressionConfig(backend="gzip", minimum_size=1024),
+        compression_config=CompressionConfig(
+            backend="gzip", minimum_size=1024, exclude=UNCOMPRESSED_PATHS
+        ),
         logging_config=None,
         debug=False,
     )

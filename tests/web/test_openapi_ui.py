@@ -39,8 +39,8 @@ async def test_schema_ui_loads_only_local_assets(pulse_web: PulseWeb, page_for: 
         await page.wait_for_selector("button.authorize", timeout=TIMEOUT_MS)
         await page.wait_for_selector("#operations-auth-getMe", timeout=TIMEOUT_MS)
     assert foreign == [], foreign
-    assert any("/schema/ui/swagger-ui-bundle.js" in url for url in seen), seen
-    assert any("/schema/ui/favicon-32x32.png" in url for url in seen), seen
+    assert any("/schema/ui/swagger-ui-5.31.0/swagger-ui-bundle.js" in url for url in seen), seen
+    assert any("/schema/ui/swagger-ui-5.31.0/favicon-32x32.png" in url for url in seen), seen
     problems.check()
 
 
@@ -111,3 +111,19 @@ def test_with_a_real_issuer_the_document_declares_its_discovery(database_url: st
     assert oidc["openIdConnectUrl"] == (
         "https://idp.example/realms/acme/.well-known/openid-configuration"
     )
+
+
+async def test_ui_bundle_is_cached_by_the_browser_and_not_gzipped_on_the_loop(
+    pulse_web: PulseWeb,
+) -> None:
+    answer = await pulse_web.api.get(
+        "/schema/ui/swagger-ui-5.31.0/swagger-ui-bundle.js",
+        headers={"Accept-Encoding": "gzip"},
+    )
+    assert answer.status_code == 200
+    assert "content-encoding" not in answer.headers
+    assert "max-age=2592000" in answer.headers["cache-control"]
+    assert len(answer.content) > 500_000
+    # The rest of the API is still compressed.
+    document = await pulse_web.api.get("/schema/openapi.json", headers={"Accept-Encoding": "gzip"})
+    assert document.headers.get("content-encoding") == "gzip"
