@@ -138,6 +138,13 @@ async def test_dev_launcher_imports_demo_data_and_restarts_without_duplicates(
             # An admin changes the notification settings; a restart must keep them.
             changed = await api.put("/api/v1/tenants/demo/notifications", json=ADMIN_NOTIFICATIONS)
             assert changed.status_code == 200, changed.text
+            # ...and a source's schedule and settle time.
+            csv = next(s for s in sources if s["config"].get("format") == "csv")
+            edited = await api.patch(
+                f"/api/v1/tenants/demo/sources/{csv['id']}",
+                json={"schedule": {"interval_s": 3600}, "config": {**csv["config"], "settle_s": 7}},
+            )
+            assert edited.status_code == 200, edited.text
             page = await api.get("/dev/mail")
             assert page.status_code == 200
             assert page.headers["content-type"].startswith("text/html")
@@ -165,6 +172,9 @@ async def test_dev_launcher_imports_demo_data_and_restarts_without_duplicates(
             assert kept["recipients"] == ADMIN_NOTIFICATIONS["recipients"]
             assert kept["alerts"] == ADMIN_NOTIFICATIONS["alerts"]
             assert kept["digest"] == ADMIN_NOTIFICATIONS["digest"]
+            csv_after = next(s for s in again if s["id"] == csv["id"])
+            assert csv_after["schedule"]["interval_s"] == 3600
+            assert csv_after["config"]["settle_s"] == 7
             # The SFTP sources still reach the development server after the restart.
             for source in (s for s in again if s["kind"] == "sftp"):
                 path = f"/api/v1/tenants/demo/sources/{source['id']}"
