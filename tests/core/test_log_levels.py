@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import uvloop
 from prometheus_client import CollectorRegistry, Histogram
-from structlog.testing import capture_logs
 
+from app.core import watchdog as watchdog_module
 from app.core.logging import QUIET_LIBRARIES, apply_logger_levels
 from app.core.settings import SettingsError, load_settings
 from app.core.watchdog import LoopWatchdog, outside_python
@@ -56,33 +56,54 @@ def _busy(seconds: float) -> None:
         pass
 
 
-async def _stall(watchdog: LoopWatchdog) -> list[dict[str, object]]:
+class RecordingLog:
+    """Stands in for the watchdog's module logger: structlog caches loggers on first use,
+    so capturing through structlog's configuration misses them once an app has logged."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, object]] = []
+
+    def _record(self, level: str, event: str, **fields: object) -> None:
+        self.events.append({"log_level": level, "event": event, **fields})
+
+    def debug(self, event: str, **fields: object) -> None:
+        self._record("debug", event, **fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        self._record("warning", event, **fields)
+
+
+async def _stall(watchdog: LoopWatchdog, logs: RecordingLog) -> list[dict[str, object]]:
     """Block the loop once; the watchdog's reports of it."""
     before = watchdog.blocked_reports
     samples = watchdog.samples
-    with capture_logs() as logs:
-        _busy(0.3)
-        async with asyncio.timeout(10):
-            while watchdog.blocked_reports == before or watchdog.samples < samples + 3:
-                await asyncio.sleep(0.01)
-    return [e for e in logs if e["event"] in ("loop.blocked", "loop.lag")]
+    start = len(logs.events)
+    _busy(0.3)
+    async with asyncio.timeout(10):
+        while watchdog.blocked_reports == before or watchdog.samples < samples + 3:
+            await asyncio.sleep(0.01)
+    return [e for e in logs.events[start:] if e["event"] in ("loop.blocked", "loop.lag")]
 
 
 def _histogram() -> Histogram:
     return Histogram("lag_seconds", "lag", registry=CollectorRegistry())
 
 
-async def test_watchdog_reports_start_up_stalls_at_debug_and_later_ones_as_warnings() -> None:
+async def test_watchdog_reports_start_up_stalls_at_debug_and_later_ones_as_warnings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logs = RecordingLog()
+    monkeypatch.setattr(watchdog_module, "log", logs)
     watchdog = LoopWatchdog(_histogram(), interval_s=0.01, warn_s=0.05, startup_grace_s=0.0)
     task = asyncio.create_task(watchdog.run())
     try:
         while watchdog.samples < 3:
             await asyncio.sleep(0.01)
-        during_start = await _stall(watchdog)
+        during_start = await _stall(watchdog, logs)
         assert during_start, "the stall was not reported at all"
         assert {e["log_level"] for e in during_start} == {"debug"}
         watchdog.mark_started()  # grace 0: from now on a stall is a warning with its stack
-        after = await _stall(watchdog)
+        after = await _stall(watchdog, logs)
         blocked = [e for e in after if e["event"] == "loop.blocked"]
         assert blocked
         assert blocked[0]["log_level"] == "warning"
