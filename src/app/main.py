@@ -5,9 +5,6 @@ from __future__ import annotations
 from litestar import Litestar
 from litestar.config.compression import CompressionConfig
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
 
 from app import modules
 from app.core.db import get_database, provide_db_session
@@ -21,6 +18,7 @@ from app.core.metrics import (
     metrics_endpoint,
     observability_middleware,
 )
+from app.core.openapi import UNCOMPRESSED_PATHS, openapi_assets, openapi_config
 from app.core.settings import Settings, load_settings
 from app.core.validation import (
     MAX_BODY_BYTES,
@@ -42,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             HealthController,
             metrics_endpoint,
+            openapi_assets(),
             *(handler for module in installed for handler in module.route_handlers),
         ],
         dependencies={
@@ -56,25 +55,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         before_send=[add_request_id_header],
         exception_handlers=exception_handlers,
         lifespan=[build_lifespan(settings, metrics, [h for m in installed for h in m.lifespan])],
-        openapi_config=OpenAPIConfig(
-            title="Pulse",
-            version=VERSION,
-            description="Multi-tenant product analytics: imports, stats and alerts.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
-            components=Components(
-                security_schemes={
-                    "BearerAuth": SecurityScheme(
-                        type="http",
-                        scheme="bearer",
-                        bearer_format="JWT",
-                        description="An access token from the tenant's OpenID Connect provider.",
-                    )
-                }
-            ),
-            security=[{"BearerAuth": []}],
+        openapi_config=openapi_config(settings, VERSION),
+        compression_config=CompressionConfig(
+            backend="gzip", minimum_size=1024, exclude=UNCOMPRESSED_PATHS
         ),
-        compression_config=CompressionConfig(backend="gzip", minimum_size=1024),
         logging_config=None,
         debug=False,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -77,6 +78,19 @@ async def _runs_settled(api: httpx.AsyncClient, tenant: str) -> list[dict[str, A
             await asyncio.sleep(1)
 
 
+ADMIN_NOTIFICATIONS = {
+    "recipients": ["ops@demo.example", "cto@demo.example"],
+    "alerts": {"import_failed": True, "import_succeeded": True, "source_recovered": False},
+    "digest": {"enabled": True, "weekday": 5, "hour": 17},
+}
+
+
+def _sftp_port(banner: str) -> int:
+    match = re.search(r"sftp -P (\d+) demo@127\.0\.0\.1", banner)
+    assert match, banner
+    return int(match.group(1))
+
+
 async def test_dev_launcher_imports_demo_data_and_restarts_without_duplicates(
     tmp_path: Path,
 ) -> None:
@@ -91,6 +105,14 @@ async def test_dev_launcher_imports_demo_data_and_restarts_without_duplicates(
     try:
         assert f"{base}/schema" in tokens["banner"]
         assert "/stats/summary" in tokens["banner"]
+        # The banner is also kept in a file, with the SFTP login and the mail catcher.
+        saved = await _read(data_dir / "banner.txt")
+        sftp_port = _sftp_port(saved)
+        assert "password demo-sftp-password" in saved
+        assert f"{base}/dev/mail" in saved
+        assert "SMTP catcher on 127.0.0.1:" in saved
+        assert "development picker" in saved
+        assert saved.strip() in tokens["banner"]
         admin = {"Authorization": f"Bearer {tokens['admin']}"}
         async with httpx.AsyncClient(base_url=base, headers=admin, timeout=60) as api:
             sources = (await api.get("/api/v1/tenants/demo/sources")).json()["items"]
@@ -102,10 +124,30 @@ async def test_dev_launcher_imports_demo_data_and_restarts_without_duplicates(
             loaded = {by_kind[r["source_id"]]: r["progress"]["rows_loaded"] for r in runs}
             assert loaded["sftp"] > 0
             assert loaded["bigquery_ga4"] > 0
-            summary = (await api.get("/api/v1/tenants/demo/stats/summary?date_range=30d")).json()
+            summary = (
+                await api.get(
+                    "/api/v1/tenants/demo/stats/summary?date_range=30d&compare=previous_period"
+                )
+            ).json()
             totals_before = summary["totals"]
             for metric in ("users", "sessions", "pageviews"):
                 assert totals_before[metric] > 0, summary
+            # The demo history covers the default comparison (30 days against the 30 before).
+            previous = summary["comparison"]["totals"]
+            assert previous["sessions"] > 0.5 * totals_before["sessions"], summary
+            # An admin changes the notification settings; a restart must keep them.
+            changed = await api.put("/api/v1/tenants/demo/notifications", json=ADMIN_NOTIFICATIONS)
+            assert changed.status_code == 200, changed.text
+            # ...and a source's schedule and settle time.
+            csv = next(s for s in sources if s["config"].get("format") == "csv")
+            edited = await api.patch(
+                f"/api/v1/tenants/demo/sources/{csv['id']}",
+                json={"schedule": {"interval_s": 3600}, "config": {**csv["config"], "settle_s": 7}},
+            )
+            assert edited.status_code == 200, edited.text
+            page = await api.get("/dev/mail")
+            assert page.status_code == 200
+            assert page.headers["content-type"].startswith("text/html")
 
         viewer = {"Authorization": f"Bearer {tokens['viewer']}"}
         async with httpx.AsyncClient(base_url=base, headers=viewer, timeout=60) as api:
@@ -117,11 +159,30 @@ async def test_dev_launcher_imports_demo_data_and_restarts_without_duplicates(
     second = Launcher(data_dir, port, tmp_path / "second.log")
     tokens = await second.start()
     try:
+        # Same SFTP port and host key: the sources need no change.
+        assert _sftp_port(tokens["banner"]) == sftp_port
+        assert "dev.source_moved" not in tokens["banner"]
         admin = {"Authorization": f"Bearer {tokens['admin']}"}
         async with httpx.AsyncClient(base_url=base, headers=admin, timeout=60) as api:
             again = (await api.get("/api/v1/tenants/demo/sources")).json()["items"]
             assert sorted(s["id"] for s in again) == sorted(s["id"] for s in sources)
             summary = (await api.get("/api/v1/tenants/demo/stats/summary?date_range=30d")).json()
             assert summary["totals"]["pageviews"] == totals_before["pageviews"]
+            kept = (await api.get("/api/v1/tenants/demo/notifications")).json()
+            assert kept["recipients"] == ADMIN_NOTIFICATIONS["recipients"]
+            assert kept["alerts"] == ADMIN_NOTIFICATIONS["alerts"]
+            assert kept["digest"] == ADMIN_NOTIFICATIONS["digest"]
+            csv_after = next(s for s in again if s["id"] == csv["id"])
+            assert csv_after["schedule"]["interval_s"] == 3600
+            assert csv_after["config"]["settle_s"] == 7
+            # The SFTP sources still reach the development server after the restart.
+            for source in (s for s in again if s["kind"] == "sftp"):
+                path = f"/api/v1/tenants/demo/sources/{source['id']}"
+                checked = await api.post(f"{path}/test")
+                assert checked.status_code == 200, checked.text
+                assert checked.json()["ok"] is True, checked.text
+                run = await api.post(f"{path}/runs", json={})
+                assert run.status_code in (201, 202, 409), run.text
+            await _runs_settled(api, "demo")
     finally:
         assert await second.stop() == 0

@@ -318,7 +318,7 @@ async def test_admin_runs_an_import_and_watches_it_finish(
     assert run["status"] == "succeeded"
     assert run["progress"]["rows_loaded"] > 0
     text = await page.locator(f"#run-{run['id']}").inner_text()
-    assert f"{run['progress']['rows_loaded']:,} rows loaded" in text
+    assert f"{run['progress']['rows_loaded']:,} new" in text
     # The sources table is refreshed with the run's outcome.
     await page.locator(f"#sources tr[data-source-id='{source_id}'] .status-succeeded").wait_for(
         timeout=TIMEOUT_MS

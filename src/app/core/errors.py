@@ -7,6 +7,7 @@ a generic detail and the request id that points at the log line.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -149,14 +150,53 @@ def _pulse_error(request: Request[Any, Any, Any], exc: PulseError) -> Response[d
     )
 
 
+# Words for string formats checked by a regular expression (a module registers its own):
+# a caller is told "must be an email address", not shown the expression.
+_FORMAT_WORDS: dict[str, str] = {}
+_REGEX_PREFIX = "Expected `str` matching regex "
+
+
+def describe_format(pattern: str, words: str) -> None:
+    """Name a ``msgspec.Meta(pattern=...)`` format in validation errors, e.g.
+    ``describe_format(EMAIL_PATTERN, "an email address such as ops@example.com")``."""
+    _FORMAT_WORDS[pattern] = words
+
+
+def _plain_error(error: Any) -> Any:
+    """One of Litestar's validation errors with its message in the user's words."""
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return error
+    message: str = error["message"]
+    if error.get("key") == "data" and message == "'data'":
+        message = (
+            "the request has no JSON body; send a JSON object"
+            " (Content-Type: application/json), `{}` where every field has a default"
+        )
+    elif message.startswith(_REGEX_PREFIX):
+        pattern = message.removeprefix(_REGEX_PREFIX)
+        with contextlib.suppress(msgspec.DecodeError):  # it is quoted and escaped
+            pattern = msgspec.json.decode(pattern, type=str)
+        words = _FORMAT_WORDS.get(pattern)
+        message = f"must be {words}" if words else "does not have the expected format"
+    return {**error, "message": message}
+
+
 def _http_exception(
     request: Request[Any, Any, Any], exc: HTTPException
 ) -> Response[dict[str, Any]]:
     extra: dict[str, Any] = {}
-    if isinstance(exc, ValidationException) and exc.extra:
-        extra["errors"] = exc.extra
     title = _TITLES.get(exc.status_code, "Error")
     detail = exc.detail or title
+    if isinstance(exc, ValidationException) and exc.extra:
+        errors = [_plain_error(e) for e in exc.extra] if isinstance(exc.extra, list) else exc.extra
+        extra["errors"] = errors
+        first = errors[0] if isinstance(errors, list) and errors else None
+        if isinstance(first, dict) and isinstance(first.get("message"), str):
+            where = first.get("key")
+            if where == "data":
+                detail = f"Invalid request: {first['message']}."
+            else:
+                detail = f"Invalid request: {where or 'the body'} {first['message']}."
     if exc.status_code >= HTTP_500_INTERNAL_SERVER_ERROR:
         log.error("http.server_error", status=exc.status_code, detail=exc.detail)
         detail = title

@@ -46,7 +46,7 @@ async def check_database(state: State) -> list[str]:
     if revisions != head:
         return [
             f"database: schema at {sorted(revisions) or 'nothing'}, expected {sorted(head)};"
-            " run `python -m app migrate`"
+            " run `make migrate` (in the image: `python -m app migrate`)"
         ]
     return []
 

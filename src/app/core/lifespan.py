@@ -26,7 +26,7 @@ from app.core.migrations import head_revisions, upgrade_to_head
 from app.core.notify import ChangeListener
 from app.core.settings import Settings
 from app.core.tasks import BackgroundTasks
-from app.core.watchdog import LoopWatchdog
+from app.core.watchdog import STARTUP_GRACE_S, LoopWatchdog
 
 log = structlog.get_logger("app.lifespan")
 
@@ -98,6 +98,7 @@ def build_lifespan(
                 metrics.loop_lag,
                 interval_s=settings.loop_lag_interval_ms / 1000,
                 warn_s=settings.loop_lag_warn_ms / 1000,
+                startup_grace_s=STARTUP_GRACE_S,
             )
             state.watchdog = watchdog
             tasks.spawn(watchdog.run(), name="loop-watchdog")
@@ -112,6 +113,7 @@ def build_lifespan(
             if settings.env != "test":  # tests start many apps in one process
                 log.info("gc.heap_frozen", objects=freeze_startup_heap())
             log.info("app.started", env=settings.env)
+            watchdog.mark_started()
             yield
             log.info("app.stopping")
         log.info("app.stopped")

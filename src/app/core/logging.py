@@ -18,7 +18,24 @@ from typing import Any, TextIO
 
 import structlog
 
-from app.core.settings import Settings
+from app.core.settings import Settings, parse_log_levels
+
+# Libraries that narrate their protocol at INFO (every SSH channel, every SMTP command):
+# WARNING unless PULSE_LOG_LEVELS says otherwise, so Pulse's own lines stay readable.
+QUIET_LIBRARIES = (
+    "asyncssh",
+    "aiosmtpd",
+    "mail.log",  # aiosmtpd's protocol logger
+    "aiosmtplib",
+    "google",
+    "urllib3",
+    "httpx",
+    "httpcore",
+    "pgserver",
+    "sqlalchemy.engine",
+    "uvicorn.access",
+    "bqemulator",
+)
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -160,7 +177,13 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    apply_logger_levels(settings)
+
+
+def apply_logger_levels(settings: Settings) -> dict[str, str]:
+    """Chatty libraries at WARNING, then the overrides of ``PULSE_LOG_LEVELS``."""
+    levels = dict.fromkeys(QUIET_LIBRARIES, "WARNING")
+    levels.update(parse_log_levels(settings.log_levels)[0])
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    return levels

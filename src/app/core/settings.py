@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 8000
     log_level: LogLevel = "INFO"
+    # Per-logger levels over the defaults (chatty libraries start at WARNING):
+    # "asyncssh=INFO,app.watchdog=DEBUG".
+    log_levels: str = ""
     # Unset means: json in production, console elsewhere.
     log_format: LogFormat | None = None
     data_dir: str = ".data"
@@ -213,8 +216,29 @@ def _convert(raw: str, annotation: Any) -> Any:
         return msgspec.convert(raw, annotation, strict=False)
 
 
+LOGGER_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_levels(value: str) -> tuple[dict[str, str], list[str]]:
+    """``"asyncssh=INFO, aiosmtpd=debug"`` as {logger: LEVEL}, and the problems found."""
+    levels: dict[str, str] = {}
+    problems: list[str] = []
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        name, _, level = pair.partition("=")
+        name, level = name.strip(), level.strip().upper()
+        if not name or level not in LOGGER_LEVELS:
+            problems.append(
+                f"PULSE_LOG_LEVELS: {pair!r} must look like logger=LEVEL"
+                f" (LEVEL one of {', '.join(LOGGER_LEVELS)})"
+            )
+            continue
+        levels[name] = level
+    return levels, problems
+
+
 def _check_semantics(settings: Settings) -> list[str]:
     problems: list[str] = []
+    problems.extend(parse_log_levels(settings.log_levels)[1])
     if settings.is_production and not settings.database_url:
         problems.append("PULSE_DATABASE_URL is required when PULSE_ENV=production")
     if settings.is_production and not settings.secret_key:

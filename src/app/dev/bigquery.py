@@ -7,6 +7,7 @@ seeding uses the real ``google-cloud-bigquery`` client from a worker thread.
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import os
 import socket
@@ -33,6 +34,8 @@ class DevBigQuery:
     endpoint: str
     project: str
     dataset: str
+    rest_port: int = 0
+    grpc_port: int = 0
 
 
 def available() -> bool:
@@ -60,10 +63,19 @@ def install_spatial_extension() -> None:
         con.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_port(preferred: int = 0) -> int:
+    """``preferred`` when it can be bound on loopback now, otherwise any free port."""
+    for port in (preferred, 0) if preferred else (0,):
+        with socket.socket() as sock:
+            # As the emulator's server will (SO_REUSEADDR): the last run's connections in
+            # TIME_WAIT must not make its port look taken.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
 
 
 def ga4_schema() -> list[Any]:
@@ -176,16 +188,21 @@ def ga4_rows(seed: int, day: date, sessions: int) -> Iterator[dict[str, Any]]:
         }
 
 
+class EmulatorExited(RuntimeError):
+    """The emulator process ended during start-up (e.g. its port was taken meanwhile)."""
+
+
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_s: float) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("the BigQuery emulator exited during start-up")
+            raise EmulatorExited("the BigQuery emulator exited during start-up")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        # HTTPException: something else (not HTTP) answers on the port until it exits.
+        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):
             pass
         time.sleep(0.2)  # worker thread: polling a child process's readiness
     raise RuntimeError(f"the BigQuery emulator was not ready within {deadline_s:.0f} s")
@@ -203,9 +220,14 @@ def _seed(endpoint: str, *, seed: int, sessions_per_day: int, days: int) -> None
     )
     try:
         client.create_dataset(f"{PROJECT}.{DATASET}", exists_ok=True)
+        # The emulator keeps its tables across restarts: only days not seeded yet are new.
+        # (A start interrupted while seeding may leave its last day short: `make clean`.)
+        existing = {t.table_id for t in client.list_tables(f"{PROJECT}.{DATASET}")}
         today = datetime.now(UTC).date()
         for offset in range(days, 0, -1):
             day = today - timedelta(days=offset)
+            if f"events_{day:%Y%m%d}" in existing:
+                continue
             table = client.create_table(
                 bigquery.Table(f"{PROJECT}.{DATASET}.events_{day:%Y%m%d}", schema=ga4_schema()),
                 exists_ok=True,
@@ -222,27 +244,60 @@ def _seed(endpoint: str, *, seed: int, sessions_per_day: int, days: int) -> None
 class DevBigQueryProcess:
     """Owns the emulator child process. ``start``/``stop`` are blocking (call via a thread)."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, data_dir: Path | None = None) -> None:
         self._log_path = log_path
+        self._data_dir = data_dir
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, seed: int, sessions_per_day: int, days: int) -> DevBigQuery:
+    def start(self, *, rest_port: int = 0, grpc_port: int = 0) -> DevBigQuery:
+        """Start on the given ports when free (a source keeps its endpoint across restarts);
+        returns once the emulator answers. Seeding is separate (:meth:`seed`).
+
+        A port found free can be taken by another process before the emulator binds it;
+        then the emulator exits and is started again on other ports.
+        """
         install_spatial_extension()
-        rest, grpc = _free_port(), _free_port()
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._log_path.open("wb") as log_file:
+        storage: list[str] = []
+        if self._data_dir is not None:
+            # Persistent: a restart reuses the seeded tables instead of loading them again.
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+            storage = ["--persistent", "--data-dir", str(self._data_dir)]
+        for attempt in range(3):
+            rest = _free_port(rest_port if attempt == 0 else 0)
+            grpc = _free_port(grpc_port if attempt == 0 and grpc_port != rest else 0)
+            try:
+                endpoint = self._launch(rest, grpc, storage)
+            except EmulatorExited:
+                if attempt == 2:
+                    raise
+                continue
+            return DevBigQuery(
+                endpoint=endpoint, project=PROJECT, dataset=DATASET, rest_port=rest, grpc_port=grpc
+            )
+        raise AssertionError("unreachable")
+
+    def _launch(self, rest: int, grpc: int, storage: list[str]) -> str:
+        with self._log_path.open("ab") as log_file:
             self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
                 [sys.executable, "-m", "bqemulator", "start",
                  "--rest-host", "127.0.0.1", "--rest-port", str(rest),
                  "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc),
-                 "--project", PROJECT, "--log-level", "warning"],
+                 "--project", PROJECT, "--log-level", "warning", *storage],
                 stdout=log_file, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # No Avro extension: its download from extensions.duckdb.org only times out
+                # offline, slowing every start; Pulse never loads Avro.
+                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                     "BQEMU_ENABLE_FORMAT_EXTENSIONS": "false"},
             )  # fmt: skip
         endpoint = f"http://127.0.0.1:{rest}"
         _wait_ready(f"{endpoint}/bigquery/v2/projects/{PROJECT}/datasets", self._proc, 120)
-        _seed(endpoint, seed=seed, sessions_per_day=sessions_per_day, days=days)
-        return DevBigQuery(endpoint=endpoint, project=PROJECT, dataset=DATASET)
+        return endpoint
+
+    @staticmethod
+    def seed(bq: DevBigQuery, *, seed: int, sessions_per_day: int, days: int) -> None:
+        """Blocking: fill the days before today that have no table yet."""
+        _seed(bq.endpoint, seed=seed, sessions_per_day=sessions_per_day, days=days)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

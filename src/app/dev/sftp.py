@@ -61,11 +61,18 @@ class DevSftpThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name="dev-sftp", daemon=True)
         self._server: asyncssh.SSHAcceptor | None = None
 
-    def start(self) -> DevSftp:
+    def start(self, port: int = 0) -> DevSftp:
+        """Listen on ``port`` (the one of the last start) or, when it is taken, on any."""
         key = _host_key(self._key_path)
         self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._listen(key), self._loop)
-        self._server = future.result(timeout=10)
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._listen(key, port), self._loop)
+            self._server = future.result(timeout=10)
+        except OSError:
+            if port == 0:
+                raise
+            future = asyncio.run_coroutine_threadsafe(self._listen(key, 0), self._loop)
+            self._server = future.result(timeout=10)
         port = self._server.get_port()
         return DevSftp(
             host="127.0.0.1",
@@ -76,12 +83,12 @@ class DevSftpThread:
             root=self._root,
         )
 
-    async def _listen(self, key: asyncssh.SSHKey) -> asyncssh.SSHAcceptor:
+    async def _listen(self, key: asyncssh.SSHKey, port: int) -> asyncssh.SSHAcceptor:
         root = str(self._root)
         return await asyncssh.create_server(
             lambda: _Server(self._username, self._password),
             "127.0.0.1",
-            0,
+            port,
             server_host_keys=[key],
             sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
             allow_scp=False,

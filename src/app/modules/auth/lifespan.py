@@ -128,7 +128,7 @@ async def _dev_authenticator(settings: Settings, state: Any) -> Authenticator:
     log.warning(
         "auth.dev_issuer_running",
         issuer=dev.issuer,
-        hint="python -m app token --tenant demo --role admin",
+        hint="make token TENANT=demo ROLE=admin",
     )
     validator = _validator(settings, dev.issuer, keys, mapping)
     return Authenticator(issuer=dev.issuer, validator=validator, keys=keys)

@@ -36,7 +36,9 @@ async def ingestion_lifespan(app: Litestar) -> AsyncIterator[None]:
         executor=getattr(state, "bigquery_pool", None),
         metrics=IngestMetrics(state.metrics.registry),
     )
-    scheduler = Scheduler(state.db, settings, on_queued=runner.wake)
+    # The development launcher holds scheduling until its bootstrap has set the sources up.
+    gate: asyncio.Event | None = getattr(state, "scheduling_gate", None)
+    scheduler = Scheduler(state.db, settings, on_queued=runner.wake, gate=gate)
     state.ingestion = IngestionState(secret_box=box, runner=runner, scheduler=scheduler)
     runner_task = state.tasks.spawn(runner.run(), name="ingest-runner")
     scheduler_task = state.tasks.spawn(scheduler.run(), name="ingest-scheduler")

@@ -94,7 +94,7 @@ class SourceController(Controller):
     @patch(
         "/{source_id:uuid}",
         operation_id="updateSource",
-        summary="Update a source (given fields only; new secrets replace the old)",
+        summary="Update a source (given fields only; a given config or secrets replaces all of it)",
         responses=error_responses(400, 401, 403, 404, 409),
     )
     async def update(

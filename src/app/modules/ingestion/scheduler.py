@@ -162,14 +162,34 @@ async def schedule_slot(
 
 
 class Scheduler:
-    def __init__(self, db: Database, settings: Settings, *, on_queued: Any = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        on_queued: Any = None,
+        gate: asyncio.Event | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.interval_s = settings.scheduler_interval_s
         self._on_queued = on_queued
         self._stop = asyncio.Event()
+        # Set by whoever must finish first (the development launcher's bootstrap).
+        self._gate = gate
+
+    async def _wait_for_gate(self) -> None:
+        if self._gate is None or self._gate.is_set():
+            return
+        waits = {asyncio.ensure_future(self._gate.wait()), asyncio.ensure_future(self._stop.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     async def run(self) -> None:
+        await self._wait_for_gate()
         log.info("scheduler.started", interval_s=self.interval_s)
         while not self._stop.is_set():
             try:

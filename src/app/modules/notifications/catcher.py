@@ -1,12 +1,14 @@
 """The development SMTP catcher: an aiosmtpd server on loopback that keeps what it receives.
 
 Only started with ``PULSE_ENV=development`` and no ``PULSE_SMTP_HOST``. Messages are
-kept in memory (the most recent ones), logged, and readable at ``GET /api/v1/dev/mail``.
+kept in memory (the most recent ones), logged, and readable at ``GET /api/v1/dev/mail``
+(JSON) and ``GET /dev/mail`` (a page, newest first).
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
 from collections import deque
 from datetime import UTC, datetime
@@ -18,6 +20,9 @@ from typing import Any
 import msgspec
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 
 log = structlog.get_logger("app.notifications.catcher")
 
@@ -109,3 +114,61 @@ class MailCatcher:
 
     def recent(self, limit: int = 50) -> list[CaughtMessage]:
         return list(reversed(self.messages))[:limit]
+
+
+PAGE_HEADERS = {
+    # The emails' HTML is shown as text: no script, style or image of a message runs.
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; frame-ancestors 'none'",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def _message_html(message: CaughtMessage) -> str:
+    when = message.received_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        f"<article class='mail' id='mail-{message.id}'>"
+        f"<h2>{html.escape(message.subject) or '(no subject)'}</h2>"
+        f"<p class='muted'>#{message.id} &middot; {when} &middot; from"
+        f" {html.escape(message.mail_from)} to {html.escape(', '.join(message.recipients))}</p>"
+        f"<pre>{html.escape(message.text)}</pre></article>"
+    )
+
+
+def render_mail_page(messages: list[CaughtMessage], smtp_port: int) -> str:
+    """The caught emails as one HTML page (newest first); every value is escaped."""
+    body = "".join(_message_html(m) for m in messages) or (
+        "<p class='empty'>No email caught yet. Queue one with"
+        " <code>POST /api/v1/tenants/{tenant_id}/notifications/test</code>.</p>"
+    )
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<title>Caught emails - Pulse development</title>"
+        "<link rel='stylesheet' href='/static/pulse.css'></head>"
+        "<body class='dev-mail'><main>"
+        f"<h1>Caught emails ({len(messages)})</h1>"
+        f"<p class='muted'>Development SMTP catcher on 127.0.0.1:{smtp_port}; the most"
+        " recent 200 are kept in memory until the process stops. JSON:"
+        " <a href='/api/v1/dev/mail'>/api/v1/dev/mail</a>.</p>"
+        f"{body}</main></body></html>"
+    )
+
+
+def dev_mail_page_handler() -> HTTPRouteHandler:
+    """``GET /dev/mail``: registered by the lifespan only while the catcher runs."""
+
+    def caught_mail_page(state: State) -> Response[str]:
+        catcher: MailCatcher = state.mail_catcher
+        page = render_mail_page(catcher.recent(200), catcher.port)
+        return Response(page, media_type="text/html", headers=PAGE_HEADERS)
+
+    return get(
+        "/dev/mail",
+        operation_id="caughtMailPage",
+        tags=["development"],
+        summary="Emails caught by the development SMTP catcher, as a page (development only)",
+        opt={"public": True},
+        include_in_schema=False,
+        sync_to_thread=False,
+    )(caught_mail_page)

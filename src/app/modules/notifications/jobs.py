@@ -13,7 +13,7 @@ from litestar import Litestar
 from app.core.db import Database
 from app.core.settings import Settings
 from app.core.tasks import BackgroundTasks
-from app.modules.notifications.catcher import MailCatcher
+from app.modules.notifications.catcher import MailCatcher, dev_mail_page_handler
 from app.modules.notifications.digest import DigestScheduler
 from app.modules.notifications.routes import dev_mail_handler
 from app.modules.notifications.sender import OutboxSender
@@ -40,6 +40,7 @@ async def _delivery_target(
     app.state.mail_catcher = catcher
     # Registered only here, so the route does not exist outside development.
     app.register(dev_mail_handler())
+    app.register(dev_mail_page_handler())
     return await target_from_settings(
         settings, host="127.0.0.1", port=port, security="none", with_auth=False
     )

@@ -8,12 +8,15 @@ from typing import Annotated
 
 import msgspec
 
+from app.core.errors import describe_format
+
 # A deliberately plain address syntax (no display names, comments or quoted local parts):
 # nothing that could carry a newline, a comma or an angle bracket into a header.
 EMAIL_PATTERN = (
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}"
     r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z"
 )
+describe_format(EMAIL_PATTERN, "an email address such as ops@example.com")
 EmailAddress = Annotated[
     str,
     msgspec.Meta(

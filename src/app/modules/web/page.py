@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # The entry URLs carry this (assets are revalidated by ETag anyway); bump it on releases.
-ASSET_VERSION = "2"
+ASSET_VERSION = "3"
 
 SHELL = f"""<!doctype html>
 <html lang="en">

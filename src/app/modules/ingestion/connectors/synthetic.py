@@ -1,11 +1,14 @@
 """The ``synthetic`` source: deterministic GA4-like traffic for demos, tests and benchmarks.
 
 The same (seed, day, volume) always yields the same events with the same ids, so
-re-running a window changes no counts. Each day has ``sessions_per_day`` sessions;
-a session is a ``session_start`` (and ``first_visit`` for a new user), one to six
-``page_view``s, some ``scroll``s, a ``user_engagement`` and, for a few, a
-``purchase`` with revenue. Countries, devices, browsers and traffic sources follow
-fixed weights. Events later than "now" are not produced (like a live property).
+re-running a window changes no counts. Each day has ``sessions_per_day`` sessions,
+about 45% of them from users new that day (``first_visit``, once per user) and the
+rest from users who came on an earlier day. A session is a ``session_start``, one
+``page_view`` (about half of all sessions, most of them bounces: a few seconds, not
+engaged) or two to seven, some ``scroll``s, a ``user_engagement`` and, for a few, a
+``purchase`` with revenue. A user keeps one country and one device; traffic sources
+follow fixed weights per session. Events later than "now" are not produced (like a
+live property).
 
 Reuse from elsewhere (the benchmark): :func:`iter_day_events` / :func:`iter_events`.
 """
@@ -13,8 +16,10 @@ Reuse from elsewhere (the benchmark): :func:`iter_day_events` / :func:`iter_even
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import random
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -95,27 +100,87 @@ _PAGES = (
 _PAGE_WEIGHTS = (20, 10, 8, 6, 9, 5, 12, 10, 6, 4)
 
 
+# A day's sessions: this share comes from users seen for the first time that day (one
+# session each, with ``first_visit``); the rest from users who first came up to
+# ``_RETURN_DAYS`` days earlier, recent ones more often.
+_NEW_SHARE = 0.45
+_RETURN_DAYS = 56
+_RETURN_WEIGHTS = tuple(1.0 / back for back in range(1, _RETURN_DAYS + 1))
+_RETURN_BACKS = tuple(range(1, _RETURN_DAYS + 1))
+# Share of sessions that see one page; most of them leave within seconds (bounces).
+_SINGLE_PAGE_SHARE = 0.55
+_SINGLE_PAGE_ENGAGED = 0.15
+_PURCHASE_SHARE_OF_ENGAGED = 0.06
+
+
 def _pick(rng: random.Random, options: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
     return rng.choices(options, weights=[o[-1] for o in options])[0]
+
+
+def _cumulative(options: tuple[tuple[Any, ...], ...]) -> tuple[list[float], float]:
+    weights = list(itertools.accumulate(o[-1] for o in options))
+    return weights, weights[-1]
+
+
+_COUNTRY_CUM = _cumulative(_COUNTRIES)
+_DEVICE_CUM = _cumulative(_DEVICES)
+
+
+def _fixed_pick(
+    key: int, options: tuple[tuple[Any, ...], ...], cum: tuple[list[float], float]
+) -> tuple[Any, ...]:
+    """A weighted choice that depends only on ``key`` (a user's lasting traits)."""
+    weights, total = cum
+    return options[bisect.bisect_right(weights, (key % 10_007) / 10_007 * total)]
+
+
+def _user_traits(seed: int, user: str) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """A user's country and device: the same in every session, on every day."""
+    key = zlib.crc32(f"{seed}:{user}".encode())
+    return _fixed_pick(key, _COUNTRIES, _COUNTRY_CUM), _fixed_pick(
+        key // 10_007, _DEVICES, _DEVICE_CUM
+    )
+
+
+def _new_users(sessions: int) -> int:
+    return max(1, round(sessions * _NEW_SHARE)) if sessions else 0
+
+
+def _user_of(seed: int, first_day: date, index: int) -> str:
+    return f"u{seed}-{first_day.strftime('%Y%m%d')}-{index}"
 
 
 def iter_day_events(
     seed: int, day: date, sessions: int, *, bad_row_every: int = 0
 ) -> Iterator[dict[str, Any]]:
-    """Every event of ``day`` (UTC) for ``seed`` as canonical rows, session by session."""
+    """Every event of ``day`` (UTC) for ``seed`` as canonical rows, session by session.
+
+    Users are stable across days: a user has one country and one device, gets
+    ``first_visit`` once (on the day they first come) and returns on later days.
+    """
     rng = random.Random(f"pulse-synthetic:{seed}:{day.isoformat()}")
     day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    users = max(1, int(sessions * 0.7))
+    new_users = _new_users(sessions)
     counter = itertools.count(1)
     for number in range(sessions):
-        user = f"u{seed}-{rng.randrange(users * 3)}"
+        is_new = number < new_users
+        if is_new:
+            user = _user_of(seed, day, number)
+        else:
+            back = rng.choices(_RETURN_BACKS, weights=_RETURN_WEIGHTS)[0]
+            user = _user_of(seed, day - timedelta(days=back), rng.randrange(new_users))
         session_id = f"{user}.{day.strftime('%Y%m%d')}{number}"
-        country, city, _ = _pick(rng, _COUNTRIES)
-        device, os_name, browser, _ = _pick(rng, _DEVICES)
+        (country, city, _), (device, os_name, browser, _) = _user_traits(seed, user)
         source, medium, campaign, _ = _pick(rng, _TRAFFIC)
         when = day_start + timedelta(seconds=rng.uniform(0, 86_300))
-        pages = rng.choices(_PAGES, weights=_PAGE_WEIGHTS, k=rng.randint(1, 6))
-        engaged = len(pages) > 1 or rng.random() < 0.4
+        if rng.random() < _SINGLE_PAGE_SHARE:
+            pages = rng.choices(_PAGES, weights=_PAGE_WEIGHTS, k=1)
+            engaged = rng.random() < _SINGLE_PAGE_ENGAGED
+            engagement_ms = rng.randint(10_000, 90_000) if engaged else rng.randint(200, 8_000)
+        else:
+            pages = rng.choices(_PAGES, weights=_PAGE_WEIGHTS, k=rng.randint(2, 7))
+            engaged = True
+            engagement_ms = int(min(1_200_000, rng.lognormvariate(11.0, 0.8)))  # ~1 min median
         common = {
             "user_id": user,
             "session_id": session_id,
@@ -150,14 +215,15 @@ def iter_day_events(
             return row
 
         yield event("session_start", when, page_path=pages[0][0], page_title=pages[0][1])
-        if rng.random() < 0.35:
+        if is_new:
             yield event("first_visit", when, page_path=pages[0][0], page_title=pages[0][1])
         referrer: str | None = None if source == "(direct)" else f"https://{source}.example/"
+        dwell_each = max(1, engagement_ms // len(pages))
         for path, title in pages:
             yield event("page_view", when, page_path=path, page_title=title, referrer=referrer)
             referrer = f"https://shop.example{path}"
-            dwell = rng.randint(3_000, 120_000)
-            if rng.random() < 0.5:
+            dwell = rng.randint(dwell_each // 2 + 1, dwell_each * 3 // 2 + 1)
+            if engaged and rng.random() < 0.5:
                 yield event(
                     "scroll",
                     when + timedelta(milliseconds=dwell // 2),
@@ -171,10 +237,10 @@ def iter_day_events(
             when,
             page_path=pages[-1][0],
             page_title=pages[-1][1],
-            engagement_time_msec=rng.randint(1_000, 600_000),
+            engagement_time_msec=engagement_ms,
         )
-        if rng.random() < 0.04:
-            revenue = Decimal(rng.randint(500, 50_000)) / 100
+        if engaged and len(pages) > 1 and rng.random() < _PURCHASE_SHARE_OF_ENGAGED:
+            revenue = Decimal(rng.randint(500, 30_000)) / 100
             yield event(
                 "purchase",
                 when + timedelta(seconds=5),

@@ -38,6 +38,16 @@ export function metricValue(metric, value) {
   return integer.format(value);
 }
 
+// "1 row", "2 rows", "27,172 duplicates".
+export function count(n, singular, plural = `${singular}s`) {
+  return `${integer.format(n)} ${n === 1 ? singular : plural}`;
+}
+
+// The browser's own timezone, for labels of times shown in it.
+export function browserZone() {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+}
+
 export function change(value) {
   if (value === null || value === undefined) return null;
   const sign = value > 0 ? "+" : value < 0 ? "\u2212" : "";
@@ -51,7 +61,8 @@ export function freshness(iso, timezone) {
   if (timezone) options.timeZone = timezone;
   const sameDay = new Date().toDateString() === when.toDateString();
   if (!sameDay) Object.assign(options, { day: "numeric", month: "short" });
-  return `Data up to ${new Intl.DateTimeFormat("en-GB", options).format(when)}`;
+  const zone = timezone ? ` (${timezone})` : ` (${browserZone()})`;
+  return `Data up to ${new Intl.DateTimeFormat("en-GB", options).format(when)}${zone}`;
 }
 
 export function dateTime(iso) {

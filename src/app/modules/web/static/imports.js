@@ -2,7 +2,7 @@
 // progress (server-sent events, polling when the stream is unavailable); "Run now".
 import { ApiError, SigningIn, getJson, postJson, streamEvents, tenantPath } from "./api.js";
 import { announce, errorBox, h } from "./dom.js";
-import { dateTime, duration } from "./format.js";
+import { browserZone, count, dateTime, duration } from "./format.js";
 
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 1000;
@@ -35,11 +35,17 @@ function badge(status) {
   return h("span", { class: `badge status-${status}`, text: status });
 }
 
-function progressText(run) {
+// rows_rejected counts every bad row; rows_quarantined is the part of them kept for
+// review (at most PULSE_INGEST_QUARANTINE_CAP per run), never a second set of rows.
+export function progressText(run) {
   const p = run.progress;
-  const parts = [`${p.rows_loaded.toLocaleString("en-US")} rows loaded`];
-  if (p.rows_read !== p.rows_loaded) parts.push(`${p.rows_read.toLocaleString("en-US")} read`);
-  if (p.rows_rejected || p.rows_quarantined) parts.push(`${(p.rows_rejected + p.rows_quarantined).toLocaleString("en-US")} rejected`);
+  const n = (value) => value.toLocaleString("en-US");
+  const parts = [`${count(p.rows_read, "row")} read`, `${n(p.rows_loaded)} new`];
+  if (p.rows_duplicate) parts.push(count(p.rows_duplicate, "duplicate"));
+  if (p.rows_rejected) {
+    const kept = p.rows_quarantined < p.rows_rejected ? ` (${n(p.rows_quarantined)} kept for review)` : "";
+    parts.push(`${n(p.rows_rejected)} rejected${kept}`);
+  }
   if (!FINAL.has(run.status) && p.stage) parts.push(p.stage);
   return parts.join(", ");
 }
@@ -65,7 +71,7 @@ function sourcesTable(sources, runNow) {
   return h(
     "table",
     { class: "sources" },
-    h("thead", {}, h("tr", {}, ["Source", "Kind", "Schedule", "Last run", "Status", ""].map((t) => h("th", { scope: "col", text: t })))),
+    h("thead", {}, h("tr", {}, ["Source", "Kind", "Schedule", `Last run (${browserZone()})`, "Status", ""].map((t) => h("th", { scope: "col", text: t })))),
     h(
       "tbody",
       {},
@@ -91,7 +97,7 @@ function runsTable(runs, names) {
   return h(
     "table",
     { class: "runs" },
-    h("thead", {}, h("tr", {}, ["Source", "Trigger", "Status", "Progress", "Started", "Problem"].map((t) => h("th", { scope: "col", text: t })))),
+    h("thead", {}, h("tr", {}, ["Source", "Trigger", "Status", "Progress", `Started (${browserZone()})`, "Problem"].map((t) => h("th", { scope: "col", text: t })))),
     h("tbody", { id: "runs-body" }, runs.map((run) => runRow(run, names))),
   );
 }
@@ -118,6 +124,7 @@ export function renderImports(root, view, me) {
   const runsBox = h("div", { class: "table-box", id: "runs", "aria-busy": "true" }, h("p", { class: "muted loading", text: "Loading\u2026" }));
   root.replaceChildren(
     h("h1", { text: "Imports" }),
+    h("p", { class: "muted", id: "imports-zone", text: `Times are in your browser's timezone, ${browserZone()}.` }),
     h("section", { class: "panel", "aria-labelledby": "title-sources" }, h("header", {}, h("h2", { id: "title-sources", text: "Sources" })), sourcesBox),
     h("section", { class: "panel", "aria-labelledby": "title-runs" }, h("header", {}, h("h2", { id: "title-runs", text: "Recent runs" })), runsBox),
   );

@@ -113,10 +113,26 @@ function chips(view, go) {
   );
 }
 
+// The comparison in words: a percentage only when both periods have a figure. A period
+// without data gives "n/a"; a metric that was zero before and is not now is "new".
+export function comparisonText(metric, summary) {
+  const comparison = summary.comparison;
+  const previousPeriodEmpty = !comparison.totals.events && !comparison.totals.sessions;
+  const before = comparison.totals[metric];
+  const now = summary.totals[metric];
+  const delta = comparison.change[metric];
+  if (previousPeriodEmpty) return { text: "n/a: no data in the previous period", delta: null };
+  if (delta === null || delta === undefined) {
+    if (before === 0 && now) return { text: "new vs previous period", delta: null };
+    return { text: "n/a vs previous period", delta: null };
+  }
+  return { text: `${change(delta)} vs previous period`, delta };
+}
+
 function card(metric, summary) {
   const value = summary.totals[metric];
-  const delta = summary.comparison ? summary.comparison.change[metric] : null;
-  const text = change(delta);
+  const compared = summary.comparison ? comparisonText(metric, summary) : null;
+  const delta = compared ? compared.delta : null;
   let tone = "flat";
   if (delta) tone = (delta > 0) !== LOWER_IS_BETTER.has(metric) ? "good" : "bad";
   return h(
@@ -124,11 +140,11 @@ function card(metric, summary) {
     { class: "card", dataset: { metric } },
     h("h3", { text: METRIC_LABELS[metric] }),
     h("p", { class: "value", dataset: { raw: value === null ? "" : String(value) }, text: metricValue(metric, value) }),
-    summary.comparison
+    compared
       ? h("p", {
           class: `change ${tone}`,
           dataset: { raw: delta === null ? "" : String(delta) },
-          text: text === null ? "no earlier data" : `${text} vs previous period`,
+          text: compared.text,
         })
       : null,
   );
