@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import date
 
+import msgspec
 import pytest
 
 from app.core.errors import Invalid
 from app.modules.dashboard.cache import StatsCache
-from app.modules.dashboard.export import neutralise
+from app.modules.dashboard.export import csv_chunks, neutralise
 from app.modules.dashboard.parsing import normalise, preset_range
-from app.modules.dashboard.schemas import StatsQuery
+from app.modules.dashboard.schemas import StatsMeta, StatsQuery, StatsResult, StatsRow
 
 
 class Clock:
@@ -122,3 +123,30 @@ async def test_cache_failure_is_not_cached() -> None:
 )
 def test_neutralise(value: object, cell: object) -> None:
     assert neutralise(value) == cell
+
+
+def test_csv_of_a_cached_answer_equals_the_csv_of_a_fresh_one() -> None:
+    """A cached answer is decoded from JSON, where every metric is a number (a float
+    here): its CSV must still write whole numbers as the fresh answer does."""
+    fresh = StatsResult(
+        query={"dimensions": ["page_path"], "metrics": ["users", "bounce_rate"]},
+        rows=[StatsRow(dimensions={"page_path": "/a"}, metrics={"users": 28, "bounce_rate": 0.5})],
+        totals={"users": 28, "bounce_rate": 0.5},
+        comparison=None,
+        meta=StatsMeta(
+            timezone="UTC",
+            date_range=["2026-03-01", "2026-03-30"],
+            compare_range=None,
+            time_labels=None,
+            total_rows=1,
+            source="rollups",
+            fresh_until=None,
+            data_version=1,
+            cached=False,
+            approximate={},
+        ),
+    )
+    decoded = msgspec.json.decode(msgspec.json.encode(fresh), type=StatsResult)
+    assert isinstance(decoded.rows[0].metrics["users"], float)
+    assert "".join(csv_chunks(decoded)) == "".join(csv_chunks(fresh))
+    assert "".join(csv_chunks(fresh)).splitlines()[1] == "/a,28,0.5"

@@ -2,7 +2,9 @@
 
 Spreadsheets execute cells that start with ``=``, ``+``, ``-``, ``@``, a tab or a
 carriage return (CSV/formula injection). Every text cell that does is prefixed with
-a single quote; numbers are written as numbers.
+a single quote; numbers are written as numbers, a whole number without a decimal
+point whether it was computed now or decoded from a cached JSON answer (where every
+metric is a JSON number and decodes as a float).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def neutralise(value: Any) -> Any:
     """A cell value that a spreadsheet shows as text, never evaluates."""
     if value is None:
         return ""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, str) and value.startswith(_FORMULA_START):
         return "'" + value
     return value
