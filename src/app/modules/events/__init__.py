@@ -18,6 +18,7 @@ from app.modules.events.schema import (
 from app.modules.events.service import (
     DataVersion,
     EventLoad,
+    LoadLockTimeout,
     LoadResult,
     get_data_version,
     load_events,
@@ -30,6 +31,7 @@ __all__ = [
     "CanonicalEvent",
     "DataVersion",
     "EventLoad",
+    "LoadLockTimeout",
     "LoadResult",
     "RowRejected",
     "event_id_for",

@@ -40,6 +40,7 @@ import structlog
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     LargeBinary,
@@ -126,6 +127,24 @@ class StatsRollupState(Base):
     timezone: Mapped[str] = mapped_column(Text)
     conversion_events: Mapped[list[str]] = mapped_column(ARRAY(Text))
     built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sessions_built: Mapped[bool] = mapped_column(Boolean, server_default=sql_text("false"))
+
+
+class StatsSession(Base):
+    """A session's additive facts, which decide whether it is engaged (``increments``)."""
+
+    __tablename__ = "stats_sessions"
+
+    tenant_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    session_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    engagement_msec: Mapped[int] = mapped_column(BigInteger)
+    pageviews: Mapped[int] = mapped_column(BigInteger)
+    converted: Mapped[bool] = mapped_column(Boolean)
+    engaged: Mapped[bool] = mapped_column(Boolean)
 
 
 # --- distinct counts -------------------------------------------------------------------
@@ -466,6 +485,15 @@ async def rollup_state(session: AsyncSession, tenant_id: str) -> RollupState | N
     return RollupState(row.timezone, tuple(row.conversion_events))
 
 
+async def sessions_built(session: AsyncSession, tenant_id: str) -> bool:
+    """Whether the tenant's session facts (``stats_sessions``) match its rollups."""
+    found = await session.execute(
+        sql_text("SELECT sessions_built FROM stats_rollup_state WHERE tenant_id = :tenant_id"),
+        {"tenant_id": tenant_id},
+    )
+    return bool(found.scalar())
+
+
 async def _rebuild_grain(
     session: AsyncSession,
     tenant_id: str,
@@ -521,18 +549,25 @@ async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collectio
     with events on them). Runs in the caller's transaction and only flushes."""
     if not days:
         return
+    from app.modules.events.increments import rebuild_sessions
     from app.modules.tenants import get_tenant_config
 
     config = await get_tenant_config(session, tenant_id)
     conversions = sorted(config.conversion_events)
     built = await rollup_state(session, tenant_id)
     utc_days = set(days) | await _session_days(session, tenant_id, days)
-    if built is None or tuple(conversions) != built.conversion_events:
-        # First build, or other conversion events: every row is rebuilt.
+    if (
+        built is None
+        or tuple(conversions) != built.conversion_events
+        or not await sessions_built(session, tenant_id)
+    ):
+        # First build, other conversion events, or rollups from before the session
+        # facts existed: every row is rebuilt, with the session facts.
         await session.execute(
             sql_text("DELETE FROM stats_rollups WHERE tenant_id = :tenant_id"),
             {"tenant_id": tenant_id},
         )
+        await rebuild_sessions(session, tenant_id, conversions)
         utc_days |= await _all_event_days(session, tenant_id)
     elif built.timezone != config.timezone:
         # The tenant moved timezone: every local day is rebuilt.
@@ -547,10 +582,12 @@ async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collectio
     written += await _rebuild_grain(session, tenant_id, GRAIN_DAY, _batches(local_days), params)
     await session.execute(
         sql_text(
-            "INSERT INTO stats_rollup_state (tenant_id, timezone, conversion_events, built_at)"
-            " VALUES (:tenant_id, :tz, :conversions, now())"
+            "INSERT INTO stats_rollup_state"
+            " (tenant_id, timezone, conversion_events, built_at, sessions_built)"
+            " VALUES (:tenant_id, :tz, :conversions, now(), true)"
             " ON CONFLICT (tenant_id) DO UPDATE SET timezone = EXCLUDED.timezone,"
-            " conversion_events = EXCLUDED.conversion_events, built_at = EXCLUDED.built_at"
+            " conversion_events = EXCLUDED.conversion_events, built_at = EXCLUDED.built_at,"
+            " sessions_built = true"
         ),
         {"tenant_id": tenant_id, "tz": config.timezone, "conversions": conversions},
     )

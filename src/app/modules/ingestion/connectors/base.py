@@ -26,10 +26,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import httpx
 import msgspec
+
+if TYPE_CHECKING:
+    from app.core.workers import WorkerPool
+    from app.modules.ingestion.prepare import Prepared
 
 
 class ConnectorError(Exception):
@@ -94,6 +98,9 @@ class Batch:
     # Roll back everything not committed yet before taking this batch: the connector
     # gives up on the item it was loading (its rows so far are dropped) and carries on.
     abandon: bool = False
+    # Rows already parsed and validated in a worker process (COPY-ready), instead of
+    # ``rows``; its rejects are quarantined like ``rejects``.
+    prepared: Prepared | None = None
 
 
 class Progress:
@@ -149,6 +156,9 @@ class SourceContext:
     timezone: str
     http: httpx.AsyncClient | None = None
     executor: ThreadPoolExecutor | None = None
+    # Worker processes for per-row CPU work (file parsing); None only in unit tests of
+    # connectors that do not need it.
+    workers: WorkerPool | None = None
 
 
 @dataclass
