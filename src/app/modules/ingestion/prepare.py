@@ -44,7 +44,7 @@ class Prepared:
 def _raw(row: Any) -> str:
     try:
         text = msgspec.json.encode(row, enc_hook=str).decode()
-    except (TypeError, msgspec.EncodeError, UnicodeDecodeError):
+    except (TypeError, ValueError, msgspec.EncodeError):  # UnicodeError is a ValueError
         text = repr(row)
     return text[:RAW_LIMIT]
 
