@@ -23,6 +23,7 @@ import msgspec
 
 from app.modules.events.schema import RowRejected, copy_line, to_canonical
 from app.modules.ingestion.connectors.base import Reject
+from app.modules.ingestion.connectors.bigquery_mapping import to_row
 from app.modules.ingestion.connectors.files_parse import ParseOptions, parse_chunk
 from app.modules.ingestion.connectors.files_stream import FileChunk
 
@@ -83,6 +84,21 @@ def prepare_rows(
         return None if first_line is None else first_line + i
 
     return _prepare(tenant_id, source_id, rows, line_of, [])
+
+
+def prepare_ga4_rows(
+    tenant_id: str, source_id: str | None, records: Sequence[Mapping[str, Any]]
+) -> Prepared:
+    """Map GA4 export records (a BigQuery page) to canonical rows and prepare them."""
+    rows: list[Mapping[str, Any]] = []
+    rejects: list[Reject] = []
+    for record in records:
+        try:
+            rows.append(to_row(record))
+        except Exception as exc:  # a poison record costs only itself
+            reason = f"row could not be read ({type(exc).__name__}: {exc})"[:1000]
+            rejects.append(Reject(reason, _raw(record), None))
+    return _prepare(tenant_id, source_id, rows, lambda i: None, rejects)
 
 
 def prepare_chunk(
