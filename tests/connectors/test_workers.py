@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from datetime import date
 from typing import Any
 
 import httpx
@@ -16,9 +17,13 @@ import pytest
 from app.core.settings import Settings
 from app.core.workers import WorkerLost, WorkerPool
 from app.modules.ingestion import service
+from app.modules.ingestion.connectors import get_connector
+from app.modules.ingestion.connectors.base import DateWindow
 from app.modules.ingestion.connectors.files_stream import CHUNK_BYTES
+from app.modules.ingestion.connectors.synthetic import iter_events
 from app.modules.ingestion.prepare import prepare_rows
 from app.modules.ingestion.runner import Runner
+from tests.connectors.helpers import collect, extract_context
 from tests.connectors.test_sftp import HEADER, csv_rows
 from tests.fixtures.ingestion import TENANT, IngestKit, fast_settings, wait_until
 from tests.fixtures.oidc import AuthHeaders
@@ -216,3 +221,29 @@ async def test_a_new_tenants_first_import_is_analysed_and_a_raw_events_query_ans
         "SELECT coalesce(analyze_count, 0) FROM pg_stat_user_tables WHERE relname = 'events'"
     )
     assert analysed_after > analysed_before
+
+
+async def test_synthetic_days_are_generated_in_the_workers_in_bounded_pieces(
+    worker_pool: WorkerPool,
+) -> None:
+    connector = get_connector("synthetic")
+    window = DateWindow(date(2026, 1, 5), date(2026, 1, 6))
+    ctx = extract_context(
+        connector,
+        {"seed": 5, "sessions_per_day": 300, "batch_rows": 400, "bad_row_every": 97},
+        window=window,
+        workers=worker_pool,
+    )
+    batches = await collect(connector, ctx)
+    pieces = [b.prepared for b in batches if b.prepared is not None]
+    assert {p.pid for p in pieces} <= set(worker_pool.pids())
+    assert max(p.rows + len(p.rejects) for p in pieces) <= 400
+    expected = sum(1 for _ in iter_events(5, window, 300))
+    assert sum(p.rows + len(p.rejects) for p in pieces) == expected
+    rejects = [r for p in pieces for r in p.rejects]
+    assert rejects  # every 97th row is malformed on purpose, with its line in the day
+    assert all(r.line_number is not None and r.line_number % 97 == 0 for r in rejects)
+    assert [b.cursor for b in batches if b.cursor] == [
+        {"last_completed_day": "2026-01-05"},
+        {"last_completed_day": "2026-01-06"},
+    ]

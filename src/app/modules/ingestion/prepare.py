@@ -29,7 +29,7 @@ from app.modules.ingestion.connectors.files_stream import FileChunk
 
 RAW_LIMIT = 4000
 # Module names a fresh worker imports once (``WorkerPool(preload=...)``).
-PRELOAD = ("app.modules.ingestion.prepare",)
+PRELOAD = ("app.modules.ingestion.prepare", "app.modules.ingestion.connectors.synthetic")
 
 
 @dataclass(frozen=True)
