@@ -152,8 +152,16 @@ def test_prepared_rows_keep_line_numbers_and_reasons_of_every_kind_of_bad_row() 
     assert prepared.rejects[2].reason == "row is not an object"
 
 
-async def test_the_pool_replaces_a_dead_worker_and_keeps_serving() -> None:
-    pool = WorkerPool(1)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_the_pool_replaces_a_dead_worker_and_stops_its_processes_at_close() -> None:
+    pool = WorkerPool(1)  # one worker: the next call cannot go elsewhere
     await pool.start()
     try:
         (pid,) = pool.pids()
@@ -161,9 +169,19 @@ async def test_the_pool_replaces_a_dead_worker_and_keeps_serving() -> None:
         with pytest.raises(WorkerLost, match="worker process died"):
             await pool.run(os.getpid)
         assert await pool.run(os.getpid) != pid
+        running = pool.pids()
+        assert running
+        assert pid not in running
     finally:
         await pool.close()
     assert pool.pids() == []
+
+    async def all_gone() -> bool:
+        return not any(_alive(p) for p in running)
+
+    await wait_until(all_gone, timeout_s=15)
+    with pytest.raises(WorkerLost, match="shut down"):
+        await pool.run(os.getpid)
 
 
 async def test_a_new_tenants_first_import_is_analysed_and_a_raw_events_query_answers(
