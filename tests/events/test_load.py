@@ -326,6 +326,9 @@ async def test_incremental_rollups_equal_a_full_rebuild_after_many_loads(db: Dat
             ev(204, 3004, user_id="u5", session_id="s5", event_name="purchase", revenue="19.99"),
             ev(205, 3005, user_id="u6", session_id="s6", engagement_time_msec=12_000),
             ev(206, 3006, event_name="first_visit"),  # no user, no session
+            # An old session's user and session again, in the same hour, page and day as
+            # before: already counted there (exact counts must not grow).
+            ev(207, 64, user_id="u0", session_id="s7", page_path="/p1"),
         ],
         # Duplicates of earlier events change nothing.
         [

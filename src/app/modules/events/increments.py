@@ -92,6 +92,7 @@ _SESSIONS = text(
         RETURNING s.user_id, s.session_id, s.engaged
     )
     SELECT up.user_id, up.session_id, up.engaged,
+        old.user_id IS NOT NULL AS existed,
         up.engaged AND old.user_id IS NOT NULL AND NOT old.engaged AS flipped
     FROM up LEFT JOIN old ON old.user_id = up.user_id AND old.session_id = up.session_id
     """
@@ -150,8 +151,8 @@ def _aggregate(grain: int) -> Any:
         ),
         prior_sessions AS (
             SELECT DISTINCT {bucket_e} AS bucket, d.dim, d.value, {_SH.format(e="e")} AS sh
-            FROM (SELECT DISTINCT user_id, session_id FROM {LOADED_TABLE}
-                  WHERE user_id IS NOT NULL AND session_id IS NOT NULL) u
+            -- Only sessions that had events before this load can have earlier events.
+            FROM (SELECT user_id, session_id FROM pulse_sess WHERE existed) u
             CROSS JOIN LATERAL (
                 SELECT e.* FROM events e
                 WHERE e.tenant_id = :tenant_id AND e.user_id = u.user_id
