@@ -122,19 +122,38 @@ def _fanout(grain: int, e: str) -> str:
 def _aggregate(grain: int) -> Any:
     """One row per group the load touches: sums, exact-count increments, the hashes to
     merge (big-endian int8s in one bytea each) and the stored sketches."""
-    fan_l, fan_e = _fanout(grain, "l"), _fanout(grain, "e")
+    fan_b, fan_e = _fanout(grain, "b"), _fanout(grain, "e")
     bucket_l, bucket_e = _BUCKET[grain].format(e="l"), _BUCKET[grain].format(e="e")
     return text(
         f"""
-        WITH new AS MATERIALIZED (
-            SELECT {bucket_l} AS bucket, d.dim, d.value,
+        WITH base AS MATERIALIZED (
+            -- Bucket, hashes and flags once per event, before the fan-out to dimensions.
+            SELECT l.*, {bucket_l} AS bucket,
                 {_UH.format(e="l")} AS uh, {_SH.format(e="l")} AS sh,
-                l.event_name, l.engagement_time_msec, l.revenue,
                 l.event_name = ANY(:conversions) AS is_conversion,
                 coalesce(s.engaged, false) AS is_engaged
             FROM {LOADED_TABLE} l
             LEFT JOIN pulse_sess s ON s.user_id = l.user_id AND s.session_id = l.session_id
-            CROSS JOIN LATERAL {fan_l} AS d(dim, value)
+        ),
+        new AS (
+            SELECT b.bucket, d.dim, d.value, b.uh, b.sh,
+                b.event_name, b.engagement_time_msec, b.revenue, b.is_conversion, b.is_engaged
+            FROM base b
+            CROSS JOIN LATERAL {fan_b} AS d(dim, value)
+        ),
+        -- One row per session (and user) within each group: the later steps work on
+        -- sessions, several times fewer than events (the sums add up again).
+        per_session AS MATERIALIZED (
+            SELECT bucket, dim, value, uh, sh,
+                count(*) AS events,
+                count(*) FILTER (WHERE event_name = 'page_view') AS pageviews,
+                count(*) FILTER (WHERE event_name = 'first_visit') AS new_users,
+                count(*) FILTER (WHERE is_conversion) AS conversions,
+                sum(engagement_time_msec) AS engagement_msec,
+                sum(revenue) AS revenue,
+                bool_or(is_engaged) AS engaged,
+                bool_or(is_conversion) AS converting
+            FROM new GROUP BY bucket, dim, value, uh, sh
         ),
         -- Earlier events (not this transaction's) of the loaded users, user by user.
         prior_users AS (
@@ -179,37 +198,35 @@ def _aggregate(grain: int) -> Any:
         ),
         sums AS (
             SELECT bucket, dim, value,
-                count(*) AS events,
-                count(*) FILTER (WHERE event_name = 'page_view') AS pageviews,
-                count(*) FILTER (WHERE event_name = 'first_visit') AS new_users,
-                count(*) FILTER (WHERE is_conversion) AS conversions,
-                coalesce(sum(engagement_time_msec), 0)::bigint AS engagement_msec,
+                sum(events)::bigint AS events,
+                sum(pageviews)::bigint AS pageviews,
+                sum(new_users)::bigint AS new_users,
+                sum(conversions)::bigint AS conversions,
+                coalesce(sum(engagement_msec), 0)::bigint AS engagement_msec,
                 coalesce(sum(revenue), 0) AS revenue
-            FROM new GROUP BY bucket, dim, value
+            FROM per_session GROUP BY bucket, dim, value
         ),
         users AS (
             SELECT x.bucket, x.dim, x.value,
                 count(*) FILTER (WHERE p.uh IS NULL) AS fresh,
                 string_agg(int8send(x.uh), ''::bytea) AS hashes
-            FROM (SELECT DISTINCT bucket, dim, value, uh FROM new WHERE uh IS NOT NULL) x
+            FROM (SELECT DISTINCT bucket, dim, value, uh FROM per_session
+                  WHERE uh IS NOT NULL) x
             LEFT JOIN prior_users p
                 ON (p.bucket, p.dim, p.value, p.uh) = (x.bucket, x.dim, x.value, x.uh)
             GROUP BY x.bucket, x.dim, x.value
         ),
         sessions AS (
+            -- A session hash is one (user, session): one per_session row per group.
             SELECT x.bucket, x.dim, x.value,
                 count(*) FILTER (WHERE p.sh IS NULL) AS fresh,
                 string_agg(int8send(x.sh), ''::bytea) AS hashes,
                 string_agg(int8send(x.sh), ''::bytea) FILTER (WHERE x.engaged) AS engaged,
                 string_agg(int8send(x.sh), ''::bytea) FILTER (WHERE x.converting) AS converting
-            FROM (
-                SELECT bucket, dim, value, sh,
-                    bool_or(is_engaged) AS engaged, bool_or(is_conversion) AS converting
-                FROM new WHERE sh IS NOT NULL
-                GROUP BY bucket, dim, value, sh
-            ) x
+            FROM per_session x
             LEFT JOIN prior_sessions p
                 ON (p.bucket, p.dim, p.value, p.sh) = (x.bucket, x.dim, x.value, x.sh)
+            WHERE x.sh IS NOT NULL
             GROUP BY x.bucket, x.dim, x.value
         ),
         late AS (
@@ -246,6 +263,8 @@ _SPAN = text(
     f"SELECT min(occurred_at) - interval '1 day' AS lo, max(occurred_at) + interval '1 day' AS hi"
     f" FROM {LOADED_TABLE}"
 )
+_SORT_OFF = text("SELECT set_config('enable_sort', 'off', true)")
+_SORT_ON = text("SELECT set_config('enable_sort', 'on', true)")
 _XID = text("SELECT (pg_current_xact_id()::text::bigint % 4294967296) AS xid")
 _NEW_ROWS = "pulse_rollup_new"
 _UPSERT = text(
@@ -339,6 +358,9 @@ async def apply_loaded(
         text(f"CREATE TEMP TABLE {_NEW_ROWS} (LIKE stats_rollups) ON COMMIT DROP")
     )
     written = 0
+    # Few groups from many fanned-out rows: hash aggregation beats the sorts the planner
+    # picks (as in the rebuild); put back below for the caller's transaction.
+    await session.execute(_SORT_OFF)
     for grain in (GRAIN_HOUR, GRAIN_DAY):
         rows = (await session.execute(_AGGREGATE[grain], params)).all()
         if not rows:
@@ -373,6 +395,7 @@ async def apply_loaded(
             for r, sketches in zip(rows, merged, strict=True)
         ]
         written += await copy_rows(session, _NEW_ROWS, ROLLUP_COLUMNS, records)
+    await session.execute(_SORT_ON)
     await session.execute(_UPSERT)
     return written
 
