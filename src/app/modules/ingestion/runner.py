@@ -33,7 +33,7 @@ from app.core.db import Database
 from app.core.settings import Settings
 from app.core.workers import WorkerPool
 from app.modules.ingestion import repository
-from app.modules.ingestion.connectors import get_connector
+from app.modules.ingestion.connectors import get_connector, load_builtin_connectors
 from app.modules.ingestion.connectors.base import (
     Batch,
     DateWindow,
@@ -50,6 +50,10 @@ from app.modules.ingestion.prepare import PRELOAD
 from app.modules.ingestion.secrets import open_secrets
 
 log = structlog.get_logger("app.ingestion.runner")
+
+# A runner needs every built-in connector registered, with or without the app around it
+# (the package no longer imports them itself: the worker processes must not).
+load_builtin_connectors()
 
 # After a cancel is noticed, a run gets this long to reach a batch boundary on its own.
 CANCEL_GRACE_S = 2.0
