@@ -25,9 +25,7 @@ Everything runs in the load's transaction, under the tenant's load lock.
 
 from __future__ import annotations
 
-import array
-import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import datasketches  # type: ignore[import-untyped]
@@ -42,6 +40,9 @@ from app.modules.events.rollups import (
     LG_K,
     ROLLUP_COLUMNS,
     ROLLUP_DIMENSIONS,
+    RunInWorker,
+    hash_values,
+    run_inline,
 )
 
 LOADED_TABLE = "pulse_loaded"
@@ -294,11 +295,7 @@ def _union(stored: bytes | None, hashes: bytes | None) -> bytes | None:
     if not hashes:
         return stored
     sketch = datasketches.hll_sketch(LG_K, _HLL_TYPE)
-    values = array.array("q")
-    values.frombytes(hashes)
-    if sys.byteorder == "little":
-        values.byteswap()  # int8send is big-endian
-    for value in values:
+    for value in hash_values(hashes):
         sketch.update(value)
     if stored is None:
         return bytes(sketch.serialize_compact())
@@ -317,14 +314,6 @@ def merge_sketches_of_groups(
     for u, s, e, c in groups:
         out.append((_union(*u), _union(*s), _union(*e), _union(*c)))
     return out
-
-
-# How :func:`apply_loaded` runs the merge: in a worker process (imports) or inline.
-RunInWorker = Callable[..., Awaitable[Any]]
-
-
-async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
 
 
 async def apply_loaded(
@@ -374,7 +363,7 @@ async def apply_loaded(
             )
             for r in rows
         ]
-        merged = await (run or _inline)(merge_sketches_of_groups, inputs)
+        merged = await (run or run_inline)(merge_sketches_of_groups, inputs)
         records = [
             (
                 tenant_id,

@@ -229,7 +229,12 @@ class EventLoad:
         else:
             # First build, or the tenant changed its timezone or conversion events
             # (rare): rebuild from the events table.
-            await refresh_rollups(session, tenant_id, days)
+            await refresh_rollups(
+                session,
+                tenant_id,
+                days,
+                run=self._workers.run if self._workers is not None else None,
+            )
         await session.execute(text(f"TRUNCATE {LOADED_TABLE}"))
         await self._session.execute(
             _BUMP_VERSION, {"tenant_id": self._tenant_id, "newest": self._newest}
