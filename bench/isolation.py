@@ -116,6 +116,12 @@ def run(dataset: Dataset, issuer: Issuer, profile: Profile, log: Callable[[str],
                 time.sleep(0.2)
             out["running_at_start"] = statuses.count("running")
             out["busy"] = _measure(server, paths, headers, profile)
+            # TODO(paced): issue #15 targets the dashboard's *paced-users* p99 (<= 1.5x idle),
+            # not wrk's closed loop. bench/paced.py (``paced_users(...)``) is written by
+            # another helper in parallel and is not in this tree yet; once merged, measure
+            # it here and in the idle phase above, e.g.
+            #   out["paced_busy"] = paced_users(server, dataset, viewer, profile)
+            # and report out["paced_p99_ratio"] = busy p99 / idle p99.
             statuses = _statuses(server, admin, runs)
             out["running_at_end"] = statuses.count("running")
             out["statuses_at_end"] = statuses
@@ -141,4 +147,13 @@ def run(dataset: Dataset, issuer: Issuer, profile: Profile, log: Callable[[str],
         asyncio.run(drop_tenants(dataset, "bench-iso"))
     idle_p99 = out["idle"]["p99"]
     out["p99_ratio"] = round(out["busy"]["p99"] / idle_p99, 2) if idle_p99 else None
+    # Issue #15's loop targets while 8 imports run: p99 <= 5 ms, max <= 50 ms.
+    busy_lag = out["busy"]["loop_lag"]
+    out["loop_lag_targets"] = {
+        "p99_le_ms": busy_lag.get("p99_le_ms"),
+        "p99_hit": busy_lag.get("p99_le_ms") is not None and busy_lag["p99_le_ms"] <= 5,
+        "max_logged_ms": busy_lag.get("max_logged_ms"),
+        # Nothing logged over WARN_MS means the max stayed under it.
+        "max_hit": (busy_lag.get("max_logged_ms") or 0) <= 50,
+    }
     return out

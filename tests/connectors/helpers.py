@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from app.core.outbound import LOOPBACK_ALLOW, OutboundPolicy
+from app.core.workers import WorkerPool
+from app.modules.events.schema import LOAD_COLUMNS
 from app.modules.ingestion.connectors.base import (
     Batch,
     DateWindow,
@@ -52,6 +57,7 @@ def extract_context(
     is_cancelled: Callable[[], bool] = lambda: False,
     imported_files: Callable[[], Awaitable[dict[str, list[LedgerEntry]]]] | None = None,
     outbound: OutboundPolicy | None = None,
+    workers: WorkerPool | None = None,
 ) -> ExtractContext:
     base = source_context(connector, config, secrets, executor=executor, outbound=outbound)
     return ExtractContext(
@@ -61,6 +67,7 @@ def extract_context(
         secrets=base.secrets,
         timezone="UTC",
         executor=executor,
+        workers=workers,
         window=window,
         batch_rows=batch_rows,
         is_cancelled=is_cancelled,
@@ -73,5 +80,51 @@ async def collect(connector: Any, ctx: ExtractContext) -> list[Batch]:
     return [batch async for batch in connector.extract(ctx)]
 
 
+_UNESCAPE = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "occurred_at": datetime.fromisoformat,
+    "engagement_time_msec": int,
+    "session_engaged": lambda v: v == "t",
+    "revenue": Decimal,
+    "properties": json.loads,
+}
+
+
+def _copy_value(text: str) -> str | None:
+    if text == "\\N":
+        return None
+    out, i = [], 0
+    while i < len(text):
+        pair = text[i : i + 2]
+        if pair in _UNESCAPE:
+            out.append(_UNESCAPE[pair])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def copy_rows_of(payload: bytes) -> list[dict[str, Any]]:
+    """COPY text lines prepared by the workers, decoded back into typed canonical rows."""
+    rows = []
+    for line in payload.decode().split("\n")[:-1]:
+        values = [_copy_value(v) for v in line.split("\t")]
+        row = dict(zip(LOAD_COLUMNS, values, strict=True))
+        del row["tenant_id"], row["source_id"]
+        rows.append({k: (v if v is None else _TYPES.get(k, str)(v)) for k, v in row.items()})
+    return rows
+
+
+def rows_of(batch: Batch) -> list[dict[str, Any]]:
+    if batch.prepared is not None:
+        return copy_rows_of(batch.prepared.copy)
+    return [dict(row) for row in batch.rows]
+
+
+def rejects_of(batch: Batch) -> list[Any]:
+    return [*batch.rejects, *(batch.prepared.rejects if batch.prepared else [])]
+
+
 def all_rows(batches: list[Batch]) -> list[dict[str, Any]]:
-    return [dict(row) for b in batches for row in b.rows]
+    return [row for b in batches for row in rows_of(b)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -15,12 +16,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from app.core.workers import WorkerPool
 from app.modules.events import event_id_for, to_canonical
 from app.modules.ingestion.connectors.base import DateWindow, TerminalError, TransientError
 from app.modules.ingestion.connectors.bigquery import BigQueryConnector
@@ -490,3 +493,32 @@ async def test_service_account_credentials_are_used_and_bad_ones_are_terminal(
             window=_today_window(),
             executor=pool,
         )
+
+
+async def test_pages_are_mapped_in_the_worker_processes_to_the_same_rows(
+    bigquery_emulator: BigQueryEmulator, pool: ThreadPoolExecutor, worker_pool: WorkerPool
+) -> None:
+    """With the import workers, a page's GA4 records are mapped and validated in another
+    process (the BigQuery threads only fetch): the rows are the same as mapped in-thread."""
+    window = _window(bigquery_emulator, back=2, forward=0)
+    config = bigquery_emulator.config(page_size=5)
+    in_thread = await collect(
+        CONNECTOR, extract_context(CONNECTOR, config, window=window, executor=pool)
+    )
+    in_workers = await collect(
+        CONNECTOR,
+        extract_context(CONNECTOR, config, window=window, executor=pool, workers=worker_pool),
+    )
+    prepared = [b.prepared for b in in_workers if b.prepared is not None]
+    assert prepared
+    assert all(not b.rows for b in in_workers)
+    assert {p.pid for p in prepared} <= set(worker_pool.pids())
+    assert os.getpid() not in {p.pid for p in prepared}
+
+    def by_id(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {r["event_id"]: r for r in rows}
+
+    expected = {
+        k: msgspec.structs.asdict(to_canonical(r)) for k, r in by_id(all_rows(in_thread)).items()
+    }
+    assert by_id(all_rows(in_workers)) == expected

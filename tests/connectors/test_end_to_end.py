@@ -203,7 +203,7 @@ async def test_sftp_dropped_connection_retries_the_file(
     ingest: IngestKit,
     sftp_server: SftpServer,
 ) -> None:
-    # Small on purpose: see the note on rollup refresh cost in docs/connectors.md.
+    # Small: one chunk; the drop comes before the file was read to its end.
     rows = 600
     await sftp_server.write("big.csv", (HEADER + csv_rows(rows)).encode())
     sftp_server.faults.drop_after_bytes = 20_000  # of ~33 kB: mid-file, after a batch

@@ -14,12 +14,14 @@ from app.modules.events import (
     CanonicalEvent,
     DataVersion,
     EventLoad,
+    LoadLockTimeout,
     RowRejected,
     event_id_for,
     get_data_version,
     load_events,
     to_canonical,
 )
+from app.modules.events.rollups import RELATIVE_ERROR, merge_sketches, rebuild_rollups
 from app.modules.tenants import TenantCreate, create_tenant
 from tests.fixtures.ingestion import fast_settings
 
@@ -201,3 +203,168 @@ def test_events_stay_out_of_the_cyclic_garbage_collector() -> None:
 
     event = _event(1, properties={"nested": {"list": [1, 2]}})
     assert not gc.is_tracked(event)
+
+
+async def test_a_load_waits_for_the_tenant_lock_with_a_deadline_and_says_so(
+    db: Database,
+) -> None:
+    """#17: a load stuck behind another load of the tenant fails (transiently) when its
+    wait passes the deadline, and reports that it is waiting while it waits."""
+    waited: list[str] = []
+    async with db.session() as holder:
+        first = EventLoad(holder, "acme", source_id=None)
+        await first.add([_event(1)])  # holds the tenant's load turn until it ends
+        async with db.session() as session:
+            second = EventLoad(
+                session,
+                "acme",
+                source_id=None,
+                lock_wait_s=0.3,
+                on_lock_wait=lambda: waited.append("waiting"),
+            )
+            with pytest.raises(LoadLockTimeout, match=r"more than 0\.3 s"):
+                await second.add([_event(2)])
+            await session.rollback()
+        await holder.commit()
+    assert waited == ["waiting"]  # said once, not once per poll
+    assert isinstance(LoadLockTimeout("x"), TimeoutError)  # transient for the runner
+    async with db.session() as session:
+        third = EventLoad(session, "acme", source_id=None, lock_wait_s=0.3)
+        result = await third.add([_event(2)])
+        await third.finish()
+        await session.commit()
+    assert result.inserted == 1
+
+
+async def test_copy_text_round_trips_awkward_values(db: Database) -> None:
+    """Tabs, newlines, backslashes, quotes and JSON survive the COPY text format."""
+    awkward = 'a\tb\nc\\d"e\r'
+    event = _event(
+        1,
+        page_path=awkward,
+        properties={"k": awkward, "n": [1, 2]},
+        revenue="12.50",
+        session_engaged=False,
+        engagement_time_msec=0,
+    )
+    async with db.session() as session:
+        await load_events(session, "acme", [event], source_id=None)
+        await session.commit()
+        row = (
+            await session.execute(
+                text(
+                    "SELECT page_path, properties, revenue, session_engaged,"
+                    " engagement_time_msec, user_id FROM events WHERE tenant_id = 'acme'"
+                )
+            )
+        ).one()
+    assert row.page_path == awkward
+    assert row.properties == {"k": awkward, "n": [1, 2]}
+    assert row.revenue == Decimal("12.50")
+    assert row.session_engaged is False
+    assert row.engagement_time_msec == 0
+    assert row.user_id is None
+
+
+_ALL_ROLLUPS = text(
+    "SELECT grain, dim, bucket, value, events, pageviews, new_users, conversions,"
+    " engagement_msec, revenue, users_count, sessions_count,"
+    " users_hll, sessions_hll, engaged_hll, converting_hll"
+    " FROM stats_rollups WHERE tenant_id = :t ORDER BY grain, dim, bucket, value"
+)
+
+
+def _estimate(blob: bytes | None) -> float:
+    return merge_sketches([blob]).estimate if blob is not None else 0.0
+
+
+async def test_incremental_rollups_equal_a_full_rebuild_after_many_loads(db: Database) -> None:
+    """Loads committed one after another add to the rollups (no day is re-read); the
+    result equals a rebuild from the events table: sums and exact counts equal, sketch
+    estimates within the bound. A late event that makes an old session engaged updates
+    that session's older days, and overlapping users are not counted twice."""
+    async with db.session() as session:
+        await create_tenant(session, TenantCreate(id="kol", name="Kol", timezone="Asia/Kolkata"))
+        await session.commit()
+    start = datetime(2026, 1, 5, 17, tzinfo=UTC)  # near the local midnight (UTC+5:30)
+
+    def ev(i: int, minutes: int, **fields: object) -> CanonicalEvent:
+        fields.setdefault("event_name", "scroll")
+        return to_canonical(
+            {
+                "event_id": f"k{i}",
+                "occurred_at": (start + timedelta(minutes=minutes)).isoformat(),
+                **fields,
+            }
+        )
+
+    loads = [
+        # One event per session: nobody engaged yet.
+        [
+            ev(i, 9 * i, user_id=f"u{i % 7}", session_id=f"s{i}", page_path=f"/p{i % 3}")
+            for i in range(40)
+        ],
+        # The same users again, later, in new sessions and on the next local day.
+        [
+            ev(
+                100 + i,
+                400 + 13 * i,
+                user_id=f"u{i % 9}",
+                session_id=f"t{i}",
+                country="IN" if i % 2 else None,
+                event_name="page_view",
+            )
+            for i in range(30)
+        ],
+        # Late events: a second page view for old sessions s1 and s2 (engaged now, their
+        # first day too), a conversion with revenue for s5, long engagement for s6.
+        [
+            ev(200, 3000, user_id="u1", session_id="s1", event_name="page_view"),
+            ev(201, 3001, user_id="u1", session_id="s1", event_name="page_view"),
+            ev(202, 3002, user_id="u2", session_id="s2", event_name="page_view"),
+            ev(203, 3003, user_id="u2", session_id="s2", event_name="page_view"),
+            ev(204, 3004, user_id="u5", session_id="s5", event_name="purchase", revenue="19.99"),
+            ev(205, 3005, user_id="u6", session_id="s6", engagement_time_msec=12_000),
+            ev(206, 3006, event_name="first_visit"),  # no user, no session
+            # An old session's user and session again, in the same hour, page and day as
+            # before: already counted there (exact counts must not grow).
+            ev(207, 64, user_id="u0", session_id="s7", page_path="/p1"),
+        ],
+        # Duplicates of earlier events change nothing.
+        [
+            ev(i, 9 * i, user_id=f"u{i % 7}", session_id=f"s{i}", page_path=f"/p{i % 3}")
+            for i in range(10)
+        ],
+    ]
+    for events in loads:
+        async with db.session() as session:
+            await load_events(session, "kol", events, source_id=None)
+            await session.commit()
+    async with db.session() as session:
+        incremental = (await session.execute(_ALL_ROLLUPS, {"t": "kol"})).all()
+        engaged_sessions = (
+            (
+                await session.execute(
+                    text(
+                        "SELECT session_id FROM stats_sessions WHERE tenant_id = 'kol' AND engaged"
+                        " ORDER BY session_id"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        await rebuild_rollups(session, "kol")
+        await session.commit()
+        rebuilt = (await session.execute(_ALL_ROLLUPS, {"t": "kol"})).all()
+    assert engaged_sessions == ["s1", "s2", "s5", "s6"]
+    assert [r[:12] for r in incremental] == [r[:12] for r in rebuilt]
+    for mine, theirs in zip(incremental, rebuilt, strict=True):
+        for a, b in zip(mine[12:], theirs[12:], strict=True):
+            assert abs(_estimate(a) - _estimate(b)) <= RELATIVE_ERROR * max(1.0, _estimate(b))
+    # The late events reached the old day's engaged sketch (s1 and s2 first seen there).
+    first_day_total = min(
+        (r for r in incremental if r.grain == 1 and r.dim == 0), key=lambda r: r.bucket
+    )
+    assert first_day_total.bucket == datetime(2026, 1, 4, 18, 30, tzinfo=UTC)
+    assert _estimate(first_day_total.engaged_hll) >= 2

@@ -20,6 +20,7 @@ from app.modules.events.schema import (
 from app.modules.events.service import (
     DataVersion,
     EventLoad,
+    LoadLockTimeout,
     LoadResult,
     get_data_version,
     load_events,
@@ -33,6 +34,7 @@ __all__ = [
     "DataFacts",
     "DataVersion",
     "EventLoad",
+    "LoadLockTimeout",
     "LoadResult",
     "RowRejected",
     "data_facts",

@@ -26,13 +26,14 @@ for a timezone, all rows for conversion events) and the next refresh rebuilds th
 
 from __future__ import annotations
 
+import array
 import asyncio
-from collections.abc import Callable, Collection, Iterable, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from functools import partial
 from typing import Any, TypeVar
 
 import datasketches  # type: ignore[import-untyped]
@@ -40,6 +41,7 @@ import structlog
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     LargeBinary,
@@ -126,6 +128,24 @@ class StatsRollupState(Base):
     timezone: Mapped[str] = mapped_column(Text)
     conversion_events: Mapped[list[str]] = mapped_column(ARRAY(Text))
     built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sessions_built: Mapped[bool] = mapped_column(Boolean, server_default=sql_text("false"))
+
+
+class StatsSession(Base):
+    """A session's additive facts, which decide whether it is engaged (``increments``)."""
+
+    __tablename__ = "stats_sessions"
+
+    tenant_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    session_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    engagement_msec: Mapped[int] = mapped_column(BigInteger)
+    pageviews: Mapped[int] = mapped_column(BigInteger)
+    converted: Mapped[bool] = mapped_column(Boolean)
+    engaged: Mapped[bool] = mapped_column(Boolean)
 
 
 # --- distinct counts -------------------------------------------------------------------
@@ -291,10 +311,14 @@ def _aggregate_sql(grain: int) -> Any:
             sum(p.conversions)::bigint AS conversions,
             coalesce(sum(p.engagement_msec), 0)::bigint AS engagement_msec,
             coalesce(sum(p.revenue), 0) AS revenue,
-            array_agg(p.uh) FILTER (WHERE p.uh IS NOT NULL) AS users,
-            array_agg(p.sh) FILTER (WHERE p.sh IS NOT NULL) AS sessions,
-            array_agg(p.sh) FILTER (WHERE p.sh IS NOT NULL AND p.is_engaged) AS engaged,
-            array_agg(p.sh) FILTER (WHERE p.sh IS NOT NULL AND p.converted) AS converting
+            -- Hashes as big-endian int8s in one bytea each: decoded and sketched in a
+            -- worker process, not as Python ints on the loop.
+            string_agg(int8send(p.uh), ''::bytea) FILTER (WHERE p.uh IS NOT NULL) AS users,
+            string_agg(int8send(p.sh), ''::bytea) FILTER (WHERE p.sh IS NOT NULL) AS sessions,
+            string_agg(int8send(p.sh), ''::bytea)
+                FILTER (WHERE p.sh IS NOT NULL AND p.is_engaged) AS engaged,
+            string_agg(int8send(p.sh), ''::bytea)
+                FILTER (WHERE p.sh IS NOT NULL AND p.converted) AS converting
         FROM per_session p
         GROUP BY p.bucket, p.dim, p.value
         """
@@ -359,7 +383,49 @@ def _batches(days: Collection[date]) -> list[tuple[date, date]]:
     return runs
 
 
-def _rollup_record(tenant_id: str, grain: int, row: Any) -> tuple[Any, ...]:
+def hash_values(blob: bytes | None) -> array.array[int]:
+    """64-bit hashes sent by PostgreSQL as concatenated ``int8send`` values."""
+    values: array.array[int] = array.array("q")
+    if blob:
+        values.frombytes(blob)
+        if sys.byteorder == "little":
+            values.byteswap()  # int8send is big-endian
+    return values
+
+
+Sketches = tuple[int, int, bytes | None, bytes | None, bytes | None, bytes | None]
+
+
+def build_group_sketches(
+    groups: Sequence[tuple[bytes | None, bytes | None, bytes | None, bytes | None]],
+) -> list[Sketches]:
+    """Per group: exact distinct users and sessions, and the four sketches. Pure CPU:
+    runs in a worker process during imports; bytes in, small tuples out."""
+    out: list[Sketches] = []
+    for users, sessions, engaged, converting in groups:
+        user_hashes, session_hashes = hash_values(users), hash_values(sessions)
+        out.append(
+            (
+                len(set(user_hashes)),
+                len(set(session_hashes)),
+                sketch_of(user_hashes),
+                sketch_of(session_hashes),
+                sketch_of(hash_values(engaged)),
+                sketch_of(hash_values(converting)),
+            )
+        )
+    return out
+
+
+# How CPU work of a rollup refresh runs: in a worker process (imports) or inline.
+RunInWorker = Callable[..., Awaitable[Any]]
+
+
+async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def _rollup_record(tenant_id: str, grain: int, row: Any, built: Sketches) -> tuple[Any, ...]:
     return (
         tenant_id,
         grain,
@@ -372,12 +438,7 @@ def _rollup_record(tenant_id: str, grain: int, row: Any) -> tuple[Any, ...]:
         row.conversions,
         int(row.engagement_msec),
         row.revenue,
-        len(set(row.users or ())),
-        len(set(row.sessions or ())),
-        sketch_of(row.users or ()),
-        sketch_of(row.sessions or ()),
-        sketch_of(row.engaged or ()),
-        sketch_of(row.converting or ()),
+        *built,
     )
 
 
@@ -466,12 +527,22 @@ async def rollup_state(session: AsyncSession, tenant_id: str) -> RollupState | N
     return RollupState(row.timezone, tuple(row.conversion_events))
 
 
+async def sessions_built(session: AsyncSession, tenant_id: str) -> bool:
+    """Whether the tenant's session facts (``stats_sessions``) match its rollups."""
+    found = await session.execute(
+        sql_text("SELECT sessions_built FROM stats_rollup_state WHERE tenant_id = :tenant_id"),
+        {"tenant_id": tenant_id},
+    )
+    return bool(found.scalar())
+
+
 async def _rebuild_grain(
     session: AsyncSession,
     tenant_id: str,
     grain: int,
     ranges: list[tuple[date, date]],
     params: dict[str, Any],
+    run: RunInWorker,
 ) -> int:
     written = 0
     for lo_day, hi_day in ranges:
@@ -507,8 +578,12 @@ async def _rebuild_grain(
         records: list[tuple[Any, ...]] = []
         await session.execute(_DECLARE[grain], values)
         while part := (await session.execute(_FETCH)).all():
+            built = await run(
+                build_group_sketches,
+                [(r.users, r.sessions, r.engaged, r.converting) for r in part],
+            )
             records.extend(
-                await in_slices(part, partial(_rollup_record, tenant_id, grain), background=True)
+                _rollup_record(tenant_id, grain, r, b) for r, b in zip(part, built, strict=True)
             )
         await session.execute(_CLOSE)
         await session.execute(_SORT_ON)
@@ -518,23 +593,36 @@ async def _rebuild_grain(
     return written
 
 
-async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collection[date]) -> None:
+async def refresh_rollups(
+    session: AsyncSession,
+    tenant_id: str,
+    days: Collection[date],
+    *,
+    run: RunInWorker | None = None,
+) -> None:
     """Rebuild the tenant's rollups for the given UTC days (and the days of any session
     with events on them). Runs in the caller's transaction and only flushes."""
     if not days:
         return
+    from app.modules.events.increments import rebuild_sessions
     from app.modules.tenants import get_tenant_config
 
     config = await get_tenant_config(session, tenant_id)
     conversions = sorted(config.conversion_events)
     built = await rollup_state(session, tenant_id)
     utc_days = set(days) | await _session_days(session, tenant_id, days)
-    if built is None or tuple(conversions) != built.conversion_events:
-        # First build, or other conversion events: every row is rebuilt.
+    if (
+        built is None
+        or tuple(conversions) != built.conversion_events
+        or not await sessions_built(session, tenant_id)
+    ):
+        # First build, other conversion events, or rollups from before the session
+        # facts existed: every row is rebuilt, with the session facts.
         await session.execute(
             sql_text("DELETE FROM stats_rollups WHERE tenant_id = :tenant_id"),
             {"tenant_id": tenant_id},
         )
+        await rebuild_sessions(session, tenant_id, conversions)
         utc_days |= await _all_event_days(session, tenant_id)
     elif built.timezone != config.timezone:
         # The tenant moved timezone: every local day is rebuilt.
@@ -545,14 +633,19 @@ async def refresh_rollups(session: AsyncSession, tenant_id: str, days: Collectio
         utc_days |= await _all_event_days(session, tenant_id)
     local_days = await _local_days(session, utc_days, config.timezone)
     params = {"tenant_id": tenant_id, "conversions": conversions, "tz": config.timezone}
-    written = await _rebuild_grain(session, tenant_id, GRAIN_HOUR, _batches(utc_days), params)
-    written += await _rebuild_grain(session, tenant_id, GRAIN_DAY, _batches(local_days), params)
+    work = run or run_inline
+    written = await _rebuild_grain(session, tenant_id, GRAIN_HOUR, _batches(utc_days), params, work)
+    written += await _rebuild_grain(
+        session, tenant_id, GRAIN_DAY, _batches(local_days), params, work
+    )
     await session.execute(
         sql_text(
-            "INSERT INTO stats_rollup_state (tenant_id, timezone, conversion_events, built_at)"
-            " VALUES (:tenant_id, :tz, :conversions, now())"
+            "INSERT INTO stats_rollup_state"
+            " (tenant_id, timezone, conversion_events, built_at, sessions_built)"
+            " VALUES (:tenant_id, :tz, :conversions, now(), true)"
             " ON CONFLICT (tenant_id) DO UPDATE SET timezone = EXCLUDED.timezone,"
-            " conversion_events = EXCLUDED.conversion_events, built_at = EXCLUDED.built_at"
+            " conversion_events = EXCLUDED.conversion_events, built_at = EXCLUDED.built_at,"
+            " sessions_built = true"
         ),
         {"tenant_id": tenant_id, "tz": config.timezone, "conversions": conversions},
     )

@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
 
 import msgspec
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.cpu import background_slice
-from app.core.db import copy_rows
-from app.modules.events.rollups import refresh_rollups
-from app.modules.events.schema import CANONICAL_FIELDS, CanonicalEvent
+from app.core.db import raw_connection
+from app.core.workers import WorkerPool
+from app.modules.events.increments import CREATE_LOADED, LOADED_TABLE, apply_loaded
+from app.modules.events.rollups import refresh_rollups, rollup_state, sessions_built
+from app.modules.events.schema import LOAD_COLUMNS, CanonicalEvent, copy_line
 
 log = structlog.get_logger("app.events")
 
 STAGING_TABLE = "events_staging"
-LOAD_COLUMNS: tuple[str, ...] = ("tenant_id", *CANONICAL_FIELDS, "source_id")
-# Records are built and COPYed in slices so the event loop is never held for long
-# (a thread would not help: this is GIL-bound work).
-_SLICE = 1000
 
 _CREATE_STAGING = text(
     f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} "
@@ -38,14 +34,23 @@ _MERGE = text(
         INSERT INTO events ({_COLUMNS_SQL})
         SELECT {_COLUMNS_SQL} FROM {STAGING_TABLE}
         ON CONFLICT (tenant_id, event_id) DO NOTHING
-        RETURNING occurred_at
+        RETURNING *
+    ),
+    -- What this transaction loaded: the rollups are updated from it (``increments``).
+    kept AS (
+        INSERT INTO {LOADED_TABLE} SELECT * FROM inserted RETURNING occurred_at
     )
     SELECT count(*) AS inserted,
            coalesce(array_agg(DISTINCT (occurred_at AT TIME ZONE 'UTC')::date), '{{}}') AS days,
            max(occurred_at) AS newest
-    FROM inserted
+    FROM kept
     """
 )
+# COPY data is sent in pieces of this size (the driver's own buffer is similar).
+_COPY_CHUNK = 1 << 18
+# How long a load waits for its turn behind other loads of the tenant by default
+# (imports pass ``PULSE_INGEST_LOAD_LOCK_WAIT_S``).
+DEFAULT_LOCK_WAIT_S = 600.0
 _TRY_TENANT_LOAD_LOCK = text("SELECT pg_try_advisory_xact_lock(7201004, hashtext(:tenant_id))")
 _BUMP_VERSION = text(
     """
@@ -74,27 +79,48 @@ class DataVersion(msgspec.Struct, frozen=True):
     fresh_until: datetime | None
 
 
-def _records(
-    tenant_id: str, events: Sequence[CanonicalEvent], source_id: uuid.UUID | None
-) -> list[tuple[Any, ...]]:
-    encode = msgspec.json.encode
-    out: list[tuple[Any, ...]] = []
-    for event in events:
-        values = list(msgspec.structs.astuple(event))
-        values[-1] = encode(values[-1]).decode()  # properties -> JSON text for jsonb
-        out.append((tenant_id, *values, source_id))
-    return out
+class LoadLockTimeout(TimeoutError):
+    """Another load of the tenant held its turn for longer than the wait allowed."""
 
 
-async def _take_tenant_load_lock(session: AsyncSession, tenant_id: str) -> None:
+async def _copy_text(session: AsyncSession, payload: bytes) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        view = memoryview(payload)
+        for start in range(0, len(view), _COPY_CHUNK):
+            yield bytes(view[start : start + _COPY_CHUNK])
+
+    driver = await raw_connection(session)
+    await driver.copy_to_table(
+        STAGING_TABLE, source=chunks(), columns=list(LOAD_COLUMNS), format="text"
+    )
+
+
+async def _take_tenant_load_lock(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    wait_s: float,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
     # Loads of one tenant take turns until commit: the rollup refresh rebuilds whole days
     # from the events table, and two transactions doing so at once would each miss the
     # other's rows (and race on the rollup keys). Taking the lock before the merge means
     # this transaction's later statements see the previous load's committed rows.
     # Polled rather than waited for in one statement: a wait behind several loads can
     # outlast the statement timeout, and polling keeps every statement short.
+    # The wait has a deadline: a load stuck behind another for longer fails (transient;
+    # the run is retried later) instead of waiting for ever with its lease kept alive.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
     delay = 0.01
     while not (await session.execute(_TRY_TENANT_LOAD_LOCK, {"tenant_id": tenant_id})).scalar():
+        if on_wait is not None:
+            on_wait()
+            on_wait = None
+        if loop.time() + delay > deadline:
+            raise LoadLockTimeout(
+                f"another import of this tenant held its turn for more than {wait_s:g} s"
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.25)
 
@@ -111,28 +137,52 @@ class EventLoad:
     """
 
     def __init__(
-        self, session: AsyncSession, tenant_id: str, *, source_id: uuid.UUID | None
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        *,
+        source_id: uuid.UUID | None,
+        lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
+        on_lock_wait: Callable[[], None] | None = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self._session = session
         self._tenant_id = tenant_id
         self._source_id = source_id
+        self._lock_wait_s = lock_wait_s
+        self._on_lock_wait = on_lock_wait
+        # Sketch merges run there (CPU work); without a pool, on the loop (small loads).
+        self._workers = workers
         self._days: set[date] = set()
         self._newest: datetime | None = None
         self._locked = False
 
     async def add(self, events: Sequence[CanonicalEvent]) -> LoadResult:
-        """Merge validated events; rows whose (tenant, event_id) exists are skipped."""
+        """Merge validated events; rows whose (tenant, event_id) exists are skipped.
+
+        Small loads and tests; imports prepare COPY text in worker processes and use
+        :meth:`add_copy` (building it here is CPU work on the loop).
+        """
         if not events:
+            return LoadResult(0, 0)
+        source = None if self._source_id is None else str(self._source_id)
+        payload = b"".join(copy_line(self._tenant_id, source, e) for e in events)
+        return await self.add_copy(payload, len(events))
+
+    async def add_copy(self, payload: bytes, rows: int) -> LoadResult:
+        """Merge ``rows`` events given as COPY text-format lines in ``LOAD_COLUMNS`` order
+        (:func:`app.modules.events.schema.copy_line`)."""
+        if not rows:
             return LoadResult(0, 0)
         session, tenant_id = self._session, self._tenant_id
         await session.execute(_CREATE_STAGING)
-        for start in range(0, len(events), _SLICE):
-            async with background_slice():
-                records = _records(tenant_id, events[start : start + _SLICE], self._source_id)
-            await copy_rows(session, STAGING_TABLE, LOAD_COLUMNS, records)
+        await session.execute(CREATE_LOADED)
+        await _copy_text(session, payload)
         # The staging table is private to this connection; only the merge takes turns.
         if not self._locked:
-            await _take_tenant_load_lock(session, tenant_id)
+            await _take_tenant_load_lock(
+                session, tenant_id, wait_s=self._lock_wait_s, on_wait=self._on_lock_wait
+            )
             self._locked = True
         row = (await session.execute(_MERGE)).one()
         await session.execute(text(f"TRUNCATE {STAGING_TABLE}"))
@@ -146,17 +196,46 @@ class EventLoad:
             "events.loaded",
             tenant_id=tenant_id,
             inserted=inserted,
-            duplicates=len(events) - inserted,
+            duplicates=rows - inserted,
             days=len(days),
         )
-        return LoadResult(inserted=inserted, duplicates=len(events) - inserted, affected_days=days)
+        return LoadResult(inserted=inserted, duplicates=rows - inserted, affected_days=days)
 
     async def finish(self) -> None:
         """Refresh the rollups of every touched day and bump the data version (once)."""
         if not self._days:
             return
         days, self._days = self._days, set()
-        await refresh_rollups(self._session, self._tenant_id, days)
+        from app.modules.tenants import get_tenant_config
+
+        session, tenant_id = self._session, self._tenant_id
+        config = await get_tenant_config(session, tenant_id)
+        conversions = sorted(config.conversion_events)
+        state = await rollup_state(session, tenant_id)
+        if (
+            state is not None
+            and state.timezone == config.timezone
+            and state.conversion_events == tuple(conversions)
+            and await sessions_built(session, tenant_id)
+        ):
+            # The usual case: add what this transaction loaded, whatever the day holds.
+            await apply_loaded(
+                session,
+                tenant_id,
+                timezone=config.timezone,
+                conversions=conversions,
+                run=self._workers.run if self._workers is not None else None,
+            )
+        else:
+            # First build, or the tenant changed its timezone or conversion events
+            # (rare): rebuild from the events table.
+            await refresh_rollups(
+                session,
+                tenant_id,
+                days,
+                run=self._workers.run if self._workers is not None else None,
+            )
+        await session.execute(text(f"TRUNCATE {LOADED_TABLE}"))
         await self._session.execute(
             _BUMP_VERSION, {"tenant_id": self._tenant_id, "newest": self._newest}
         )

@@ -1,32 +1,35 @@
 """Turning a connector's batches into committed events, one transaction per commit point.
 
-A :class:`BatchLoader` validates rows (bad ones go to quarantine with their line
-and reason), loads the good ones through the event store, and on a batch with
+A :class:`BatchLoader` has rows validated in the worker processes (bad ones go to
+quarantine with their line and reason; a connector may hand over rows prepared in the
+workers already), loads the good ones through the event store, and on a batch with
 ``commit=True`` writes the run's counts (fenced by the lease), the source's cursor
 patch and file-ledger entries into the same transaction before committing it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.cpu import background_slice
 from app.core.db import Database
-from app.modules.events import CanonicalEvent, EventLoad, RowRejected, to_canonical
+from app.core.workers import WorkerPool
+from app.modules.events import EventLoad
 from app.modules.ingestion import repository
 from app.modules.ingestion.connectors.base import Batch, LedgerEntry, Progress
+from app.modules.ingestion.prepare import Prepared, prepare_rows
 from app.modules.ingestion.repository import BatchCounts
 
-RAW_LIMIT = 4000
 _LOAD_STATEMENT_TIMEOUT = text("SET LOCAL statement_timeout = '600s'")
-VALIDATION_SLICE = 200
+# Connector rows go to the workers in slices of this many (pickling a slice is short).
+PREPARE_ROWS = 2000
+WAITING_STAGE = "waiting for another import of this tenant"
 
 
 class LeaseLost(Exception):
@@ -40,53 +43,31 @@ class Rejected:
     raw: str | None
 
 
-def _raw(row: Any) -> str:
-    try:
-        text = msgspec.json.encode(row, enc_hook=str).decode()
-    except (TypeError, msgspec.EncodeError):
-        text = repr(row)
-    return text[:RAW_LIMIT]
-
-
-def validate_rows(
-    batch: Batch, start: int = 0, stop: int | None = None
-) -> tuple[list[CanonicalEvent], list[Rejected]]:
-    """Split ``batch.rows[start:stop]`` into events and rejects (pure CPU)."""
-    events: list[CanonicalEvent] = []
-    rejected: list[Rejected] = []
-    numbers: Sequence[int] | None = batch.line_numbers
-    rows = batch.rows
-    for i in range(start, len(rows) if stop is None else min(stop, len(rows))):
-        row = rows[i]
-        try:
-            events.append(to_canonical(row))
-        except RowRejected as exc:
-            if numbers is not None:
-                line: int | None = numbers[i]
-            elif batch.first_line is not None:
-                line = batch.first_line + i
-            else:
-                line = None
-            rejected.append(Rejected(line, exc.reason, _raw(row)))
-    return events, rejected
-
-
-async def validate_batch(batch: Batch) -> tuple[list[CanonicalEvent], list[Rejected]]:
-    """Validate on the loop in short slices, yielding between them.
-
-    A worker thread would not help: validation holds the GIL, and a loop thread that
-    must win the GIL back after every socket call waits a switch interval each time.
-    Slices of a few milliseconds, taking turns with other imports' slices
-    (:func:`app.core.cpu.background_slice`), keep the loop's delay at about one slice.
-    """
-    events: list[CanonicalEvent] = []
-    rejected = [Rejected(r.line_number, r.reason, r.raw) for r in batch.rejects]
-    for start in range(0, len(batch.rows), VALIDATION_SLICE):
-        async with background_slice():
-            good, bad = validate_rows(batch, start, start + VALIDATION_SLICE)
-        events.extend(good)
-        rejected.extend(bad)
-    return events, rejected
+async def prepare_batch(
+    workers: WorkerPool, tenant_id: str, source_id: str, batch: Batch
+) -> Prepared:
+    """Validate a connector's rows in the worker processes, in slices side by side."""
+    rows = list(batch.rows)
+    numbers = list(batch.line_numbers) if batch.line_numbers is not None else None
+    parts = await asyncio.gather(
+        *(
+            workers.run(
+                prepare_rows,
+                tenant_id,
+                source_id,
+                rows[start : start + PREPARE_ROWS],
+                None if numbers is None else numbers[start : start + PREPARE_ROWS],
+                None if batch.first_line is None else batch.first_line + start,
+            )
+            for start in range(0, len(rows), PREPARE_ROWS)
+        )
+    )
+    return Prepared(
+        b"".join(p.copy for p in parts),
+        sum(p.rows for p in parts),
+        [r for p in parts for r in p.rejects],
+        parts[0].pid if parts else 0,
+    )
 
 
 @dataclass
@@ -113,6 +94,8 @@ class BatchLoader:
         quarantine_cap: int,
         already_quarantined: int,
         progress: Progress,
+        workers: WorkerPool,
+        lock_wait_s: float,
     ) -> None:
         self._db = db
         self._run_id = run_id
@@ -124,6 +107,8 @@ class BatchLoader:
         self._cap = quarantine_cap
         self._quarantined = already_quarantined
         self._progress = progress
+        self._workers = workers
+        self._lock_wait_s = lock_wait_s
         self._pending: _Pending | None = None
         self.committed = BatchCounts()
         self.cancel_requested = False
@@ -131,24 +116,37 @@ class BatchLoader:
     async def add(self, batch: Batch) -> None:
         if batch.abandon:
             await self.discard()
+        prepared = batch.prepared
+        if prepared is None and batch.rows:
+            prepared = await prepare_batch(
+                self._workers, self._tenant_id, str(self._source_id), batch
+            )
+        rejected = [Rejected(r.line_number, r.reason, r.raw) for r in batch.rejects]
+        if prepared is not None:
+            rejected.extend(Rejected(r.line_number, r.reason, r.raw) for r in prepared.rejects)
         self._progress.report(
             stage="loading",
             item=batch.item,
-            rows_read=len(batch.rows) + len(batch.rejects),
+            rows_read=(prepared.rows if prepared is not None else 0) + len(rejected),
             bytes_read=batch.bytes_read,
         )
-        events, rejected = await validate_batch(batch)
         if self._pending is None:
             session = self._db.new_session(self._tenant_id)
             # A load may wait its turn behind other loads of the tenant (see EventLoad)
             # and rebuild rollups: longer than a request's statement timeout allows.
             await session.execute(_LOAD_STATEMENT_TIMEOUT)
-            load = EventLoad(session, self._tenant_id, source_id=self._source_id)
+            load = EventLoad(
+                session,
+                self._tenant_id,
+                source_id=self._source_id,
+                lock_wait_s=self._lock_wait_s,
+                on_lock_wait=lambda: self._progress.report(stage=WAITING_STAGE),
+                workers=self._workers,
+            )
             self._pending = _Pending(session, load)
         pending = self._pending
-        for start in range(0, len(events), self._batch_rows):
-            chunk = events[start : start + self._batch_rows]
-            result = await pending.load.add(chunk)
+        if prepared is not None and prepared.rows:
+            result = await pending.load.add_copy(prepared.copy, prepared.rows)
             pending.counts.loaded += result.inserted
             pending.counts.duplicates += result.duplicates
             pending.item_loaded += result.inserted

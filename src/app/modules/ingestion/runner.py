@@ -26,13 +26,15 @@ import msgspec
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 
 from app.core.crypto import SecretBox
 from app.core.db import Database
 from app.core.outbound import policy_for
 from app.core.settings import Settings
+from app.core.workers import WorkerPool
 from app.modules.ingestion import repository
-from app.modules.ingestion.connectors import get_connector
+from app.modules.ingestion.connectors import get_connector, load_builtin_connectors
 from app.modules.ingestion.connectors.base import (
     Batch,
     DateWindow,
@@ -45,13 +47,29 @@ from app.modules.ingestion.connectors.base import (
 from app.modules.ingestion.errors import describe, is_transient
 from app.modules.ingestion.loader import BatchLoader, LeaseLost
 from app.modules.ingestion.outcomes import backoff_s, record_outcome
+from app.modules.ingestion.prepare import PRELOAD
 from app.modules.ingestion.secrets import open_secrets
 
 log = structlog.get_logger("app.ingestion.runner")
 
+# A runner needs every built-in connector registered, with or without the app around it
+# (the package no longer imports them itself: the worker processes must not).
+load_builtin_connectors()
+
 # After a cancel is noticed, a run gets this long to reach a batch boundary on its own.
 CANCEL_GRACE_S = 2.0
 DB_STEP_TIMEOUT_S = 10.0
+ANALYZE_TIMEOUT_S = 300.0
+_ANALYZE_EVENTS = (
+    text("SET LOCAL statement_timeout = '300s'"),
+    # The owner's function (migration 0006i): the app's role owns no table to analyse.
+    text("SELECT pulse_analyze_events()"),
+)
+
+
+def create_worker_pool(settings: Settings) -> WorkerPool:
+    """The import worker processes (``PULSE_INGEST_WORKERS``, 0: one per core)."""
+    return WorkerPool(settings.ingest_workers or os.cpu_count() or 1, preload=PRELOAD)
 
 
 def default_owner() -> str:
@@ -94,6 +112,7 @@ class Runner:
         http: httpx.AsyncClient | None = None,
         executor: ThreadPoolExecutor | None = None,
         metrics: IngestMetrics | None = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -102,6 +121,11 @@ class Runner:
         self.http = http
         self.executor = executor
         self.metrics = metrics
+        # Without a pool from the app's lifespan (tests, tools) the runner owns one.
+        self.workers = workers or create_worker_pool(settings)
+        self._owns_workers = workers is None
+        # One ANALYZE at a time in this process (several imports finishing together).
+        self._analyze_lock = asyncio.Lock()
         self.concurrency = settings.ingest_concurrency
         self.lease_s = settings.ingest_lease_s
         self.heartbeat_s = min(settings.ingest_heartbeat_s, settings.ingest_lease_s / 3)
@@ -126,6 +150,8 @@ class Runner:
 
     async def run(self) -> None:
         """The claim loop; returns after :meth:`stop`."""
+        if self._owns_workers:
+            await self.workers.start()
         log.info("runner.started", owner=self.owner, concurrency=self.concurrency)
         while not self._stopping:
             try:
@@ -149,6 +175,8 @@ class Runner:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=DB_STEP_TIMEOUT_S + 5)
+        if self._owns_workers:
+            await self.workers.close()
         log.info("runner.stopped", owner=self.owner)
 
     # --- the loop ----------------------------------------------------------
@@ -414,6 +442,7 @@ class Runner:
             timezone=source.timezone,
             http=self.http,
             executor=self.executor,
+            workers=self.workers,
             run_id=run.id,
             attempt=run.attempt,
             window=window,
@@ -436,6 +465,8 @@ class Runner:
             quarantine_cap=self.settings.ingest_quarantine_cap,
             already_quarantined=run.rows_quarantined,
             progress=active.progress,
+            workers=self.workers,
+            lock_wait_s=self.settings.ingest_load_lock_wait_s,
         )
         active.progress.report(stage="extracting")
         batches: AsyncIterator[Batch] = connector.extract(ctx)
@@ -454,6 +485,27 @@ class Runner:
                 await aclose()
         if self.metrics:
             self.metrics.rows_loaded.inc(loader.committed.loaded)
+        if loader.committed.loaded >= self.settings.ingest_analyze_min_rows:
+            active.progress.report(stage="analysing")
+            await self._analyze(run)
+
+    async def _analyze(self, run: repository.ClaimedRun) -> None:
+        """Fresh planner statistics for ``events`` after a large load.
+
+        Until autovacuum gets to it, a table that just received a large load (a new
+        tenant's first import above all) has statistics that do not know those rows,
+        and the raw-events queries' plans can be orders of magnitude off. Done before
+        the run is reported finished, so a query right after it sees the new statistics.
+        A failure only costs the statistics (logged), never the run.
+        """
+        async with self._analyze_lock:
+            try:
+                async with asyncio.timeout(ANALYZE_TIMEOUT_S), self.db.session() as session:
+                    for statement in _ANALYZE_EVENTS:
+                        await session.execute(statement)
+                    await session.commit()
+            except Exception as exc:
+                log.warning("run.analyze_failed", run_id=str(run.id), error=type(exc).__name__)
 
     def _check(self, active: ActiveRun) -> None:
         if active.lease_lost:

@@ -9,6 +9,7 @@ from app.core.crypto import SecretBox
 from app.core.errors import Unavailable
 
 if TYPE_CHECKING:
+    from app.core.workers import WorkerPool
     from app.modules.ingestion.runner import Runner
     from app.modules.ingestion.scheduler import Scheduler
 
@@ -18,6 +19,7 @@ class IngestionState:
     secret_box: SecretBox
     runner: Runner | None = None
     scheduler: Scheduler | None = None
+    workers: WorkerPool | None = None
 
 
 def ingestion_state(state: Any) -> IngestionState:

@@ -26,12 +26,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import httpx
 import msgspec
 
 from app.core.outbound import OutboundPolicy
+
+if TYPE_CHECKING:
+    from app.core.workers import WorkerPool
+    from app.modules.ingestion.prepare import Prepared
 
 
 class ConnectorError(Exception):
@@ -96,6 +100,9 @@ class Batch:
     # Roll back everything not committed yet before taking this batch: the connector
     # gives up on the item it was loading (its rows so far are dropped) and carries on.
     abandon: bool = False
+    # Rows already parsed and validated in a worker process (COPY-ready), instead of
+    # ``rows``; its rejects are quarantined like ``rejects``.
+    prepared: Prepared | None = None
 
 
 class Progress:
@@ -154,6 +161,9 @@ class SourceContext:
     # Which tenant-configured destinations may be reached (PULSE_OUTBOUND_ALLOW);
     # None: public addresses only.
     outbound: OutboundPolicy | None = None
+    # Worker processes for per-row CPU work (file parsing); None only in unit tests of
+    # connectors that do not need it.
+    workers: WorkerPool | None = None
 
 
 @dataclass

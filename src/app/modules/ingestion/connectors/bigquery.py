@@ -47,6 +47,7 @@ from app.modules.ingestion.connectors.base import (
     TransientError,
 )
 from app.modules.ingestion.connectors.bigquery_mapping import DEFAULT_EVENT_NAMES, build_query
+from app.modules.ingestion.prepare import Prepared, prepare_ga4_rows
 
 log = structlog.get_logger("app.ingestion.bigquery")
 T = TypeVar("T")
@@ -135,6 +136,11 @@ class _Blocking:
 
 
 _FALLBACK: ThreadPoolExecutor | None = None
+
+
+# What a page reader hands over: (query, rows or prepared rows, bytes scanned), an error,
+# or the query's name when it is read to its end.
+_Page = tuple[str, list[dict[str, Any]] | Prepared, int] | BaseException | str
 
 
 def _fallback_pool() -> ThreadPoolExecutor:
@@ -274,9 +280,9 @@ class BigQueryConnector:
         sql = build_query(config.project, config.dataset, fields, intraday=bool(intraday))
         jobs: dict[str, bigquery.QueryJob] = {}
         starts: dict[str, concurrent.futures.Future[bigquery.QueryJob]] = {}
-        queue: asyncio.Queue[tuple[str, list[dict[str, Any]], int] | BaseException | str] = (
-            asyncio.Queue(maxsize=QUEUE_PAGES)
-        )
+        queue: asyncio.Queue[
+            tuple[str, list[dict[str, Any]] | Prepared, int] | BaseException | str
+        ] = asyncio.Queue(maxsize=QUEUE_PAGES)
         readers: list[asyncio.Task[None]] = []
         try:
             # Start every job first (side by side): BigQuery runs them in parallel whatever
@@ -327,7 +333,11 @@ class BigQueryConnector:
                     remaining -= 1
                     continue
                 name, rows, bytes_read = item
-                yield Batch(rows=rows, item=f"{config.dataset} {name}", bytes_read=bytes_read)
+                item_name = f"{config.dataset} {name}"
+                if isinstance(rows, Prepared):
+                    yield Batch(rows=[], prepared=rows, item=item_name, bytes_read=bytes_read)
+                else:
+                    yield Batch(rows=rows, item=item_name, bytes_read=bytes_read)
         finally:
             for reader in readers:
                 reader.cancel()
@@ -344,7 +354,9 @@ class BigQueryConnector:
         name: str,
         job: bigquery.QueryJob,
         page_size: int,
-        queue: asyncio.Queue[tuple[str, list[dict[str, Any]], int] | BaseException | str],
+        queue: asyncio.Queue[
+            tuple[str, list[dict[str, Any]] | Prepared, int] | BaseException | str
+        ],
     ) -> None:
         config: BigQueryConfig = ctx.config
         what = f"the {name} query"
@@ -360,13 +372,24 @@ class BigQueryConnector:
                     )
             pages = await run(90, bq.open_pages, job, page_size, retry)
             first = True
+            workers = ctx.workers
             while True:
-                rows = await run(120, bq.next_page, pages)
+                if workers is None:
+                    rows = await run(120, bq.next_page, pages)
+                else:
+                    rows = await run(120, functools.partial(bq.next_page, mapped=False), pages)
                 if rows is None:
                     break
                 scanned = int(job.total_bytes_processed or 0) if first else 0
                 first = False
-                await queue.put((name, rows, scanned))
+                if workers is None:
+                    await queue.put((name, rows, scanned))
+                else:
+                    # Mapped, validated and turned into COPY text in a worker process.
+                    prepared = await workers.run(
+                        prepare_ga4_rows, ctx.tenant_id, str(ctx.source_id), rows
+                    )
+                    await queue.put((name, prepared, scanned))
             await queue.put(name)
         except asyncio.CancelledError:
             raise

@@ -176,11 +176,16 @@ def open_pages(job: bigquery.QueryJob, page_size: int, retry: Retry) -> Iterator
     return iter(rows.pages)
 
 
-def next_page(pages: Iterator[Any]) -> list[dict[str, Any]] | None:
-    """Fetch and map the next page (None at the end); runs in a worker thread."""
+def next_page(pages: Iterator[Any], *, mapped: bool = True) -> list[dict[str, Any]] | None:
+    """Fetch the next page (None at the end); runs in a BigQuery thread. ``mapped=False``
+    leaves the GA4 records as they are, for the worker processes to map
+    (``ingestion.prepare.prepare_ga4_rows``): mapping is pure Python and would hold the
+    GIL here, beside the event loop."""
     page = next(pages, None)
     if page is None:
         return None
+    if not mapped:
+        return [dict(row.items()) for row in page]
     return [to_row(dict(row.items())) for row in page]
 
 

@@ -170,6 +170,42 @@ def parse(stream: IO[bytes], options: ParseOptions) -> Iterator[ParsedBatch]:
     return _reading(lambda: _parse_csv(stream, mapper, options))
 
 
+def parse_chunk(
+    data: bytes, options: ParseOptions, *, line_offset: int, columns: Sequence[str] | None
+) -> ParsedBatch:
+    """All rows of ``data``: whole records of a decompressed file (see ``files_stream``),
+    the first of them on line ``line_offset + 1``; CSV ``columns`` from the file's header."""
+    mapper = RowMapper(options)
+    stream = io.BytesIO(data)
+    unbounded = len(data) + 1  # one batch for the whole chunk
+    if options.format == "jsonl":
+        batches = _reading(lambda: _parse_jsonl(stream, mapper, unbounded, line_offset=line_offset))
+    else:
+        batches = _reading(
+            lambda: _parse_csv(stream, mapper, options, line_offset=line_offset, columns=columns)
+        )
+    out = ParsedBatch([], [], [])
+    for batch in batches:
+        out.rows.extend(batch.rows)
+        out.line_numbers.extend(batch.line_numbers)
+        out.rejects.extend(batch.rejects)
+    return out
+
+
+def header_columns(line: bytes, delimiter: str) -> list[str]:
+    """The column names of a CSV header record (its bytes, newline included)."""
+    text = line.decode("utf-8", "surrogateescape")
+    try:
+        record = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+    except csv.Error as exc:
+        raise UnreadableFile(f"unreadable CSV header: {exc}") from None
+    return [c.strip().lstrip("\ufeff") for c in record]
+
+
+def _crash(exc: Exception) -> str:
+    return f"row could not be read ({type(exc).__name__}: {exc})"[:1000]
+
+
 def _raw(text: str) -> str:
     return text[:RAW_LIMIT]
 
@@ -208,16 +244,23 @@ def _valid_utf8(text: str) -> bool:
 
 
 def _parse_csv(
-    stream: IO[bytes], mapper: RowMapper, options: ParseOptions
+    stream: IO[bytes],
+    mapper: RowMapper,
+    options: ParseOptions,
+    *,
+    line_offset: int = 0,
+    columns: Sequence[str] | None = None,
 ) -> Iterator[ParsedBatch]:
     # surrogateescape: invalid UTF-8 costs its row (detected below), not the file.
     text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
     reader = csv.reader(text, delimiter=options.delimiter, strict=False)
     batcher = _Batcher(options.batch_rows)
-    columns: list[str] | None = list(options.columns) if options.columns else None
+    if columns is None and options.columns:
+        columns = options.columns
+    columns = list(columns) if columns is not None else None
     end_line = 0
     for record in reader:
-        start_line, end_line = end_line + 1, reader.line_num
+        start_line, end_line = line_offset + end_line + 1, reader.line_num
         if columns is None:
             columns = [c.strip().lstrip("\ufeff") for c in record]
             continue
@@ -237,6 +280,8 @@ def _parse_csv(
                 out = batcher.row(mapper(dict(zip(columns, record, strict=True))), start_line)
             except _RowError as exc:
                 out = batcher.reject(str(exc), raw, start_line)
+            except Exception as exc:  # a poison row costs only itself
+                out = batcher.reject(_crash(exc), raw, start_line)
         if out is not None:
             yield out
     last = batcher.flush()
@@ -244,10 +289,12 @@ def _parse_csv(
         yield last
 
 
-def _parse_jsonl(stream: IO[bytes], mapper: RowMapper, size: int) -> Iterator[ParsedBatch]:
+def _parse_jsonl(
+    stream: IO[bytes], mapper: RowMapper, size: int, *, line_offset: int = 0
+) -> Iterator[ParsedBatch]:
     batcher = _Batcher(size)
     decoder = msgspec.json.Decoder()
-    for number, line in enumerate(stream, start=1):
+    for number, line in enumerate(stream, start=line_offset + 1):
         stripped = line.strip()
         if not stripped:
             continue
@@ -263,6 +310,8 @@ def _parse_jsonl(stream: IO[bytes], mapper: RowMapper, size: int) -> Iterator[Pa
             out = batcher.reject(f"invalid JSON: {exc}", raw, number)
         except _RowError as exc:
             out = batcher.reject(str(exc), raw, number)
+        except Exception as exc:  # a poison row costs only itself
+            out = batcher.reject(_crash(exc), raw, number)
         if out is not None:
             yield out
     last = batcher.flush()

@@ -22,6 +22,7 @@ import asyncio
 import fnmatch
 import posixpath
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar, Literal, cast
@@ -46,11 +47,10 @@ from app.modules.ingestion.connectors.base import (
 )
 from app.modules.ingestion.connectors.files_parse import (
     GZIP_MAGIC,
-    ParsedBatch,
     ParseOptions,
     UnreadableFile,
 )
-from app.modules.ingestion.connectors.files_stream import Finished, StreamBridge
+from app.modules.ingestion.connectors.files_stream import FileChunk, Finished, StreamBridge
 from app.modules.ingestion.connectors.sftp_session import (
     Endpoint,
     HostKeyCheck,
@@ -58,6 +58,7 @@ from app.modules.ingestion.connectors.sftp_session import (
     is_regular,
     open_sftp,
 )
+from app.modules.ingestion.prepare import Prepared, prepare_chunk
 
 log = structlog.get_logger("app.ingestion.sftp")
 
@@ -352,28 +353,42 @@ class SftpConnector:
             digest = checked.sha256
             gzip_by_name = checked.compressed
         options = self._options(ctx)
+        workers = ctx.workers
+        if workers is None:
+            raise TerminalError("file imports need the worker pool")
         bridge = StreamBridge(asyncio.get_running_loop())
-        bridge.start(options, gzip_by_name=gzip_by_name, name=f"sftp-parse-{remote.name[:40]}")
+        bridge.start(options, gzip_by_name=gzip_by_name, name=f"sftp-split-{remote.name[:40]}")
         finished: Finished | None = None
+        # A pipeline: while the loader copies one chunk's rows into PostgreSQL, the
+        # next ones are parsed in the workers and the file keeps being read, each stage
+        # bounded (``depth`` chunks in the workers, the bridge's queues before them).
+        inflight: deque[asyncio.Task[Prepared]] = deque()
+        depth = workers.workers + 1
+        source_id = str(ctx.source_id)
         try:
             async for item in self._pump(ctx, sftp, remote, bridge):
                 if isinstance(item, Finished):
                     finished = item
                     break
-                yield Batch(
-                    rows=item.rows,
-                    item=remote.path,
-                    line_numbers=item.line_numbers,
-                    rejects=item.rejects,
-                    commit=False,
+                inflight.append(
+                    asyncio.create_task(
+                        workers.run(prepare_chunk, ctx.tenant_id, source_id, item, options)
+                    )
                 )
+                if len(inflight) >= depth:
+                    yield self._chunk_batch(remote, await inflight.popleft())
+            while inflight:
+                yield self._chunk_batch(remote, await inflight.popleft())
         except UnreadableFile as exc:
-            # Only reachable for a plain file (a gzip file was read to its end first). What
-            # was yielded of it is not committed yet: drop it, say why, go on to the next.
+            # What was yielded of the file is not committed yet: drop it, say why, go on
+            # to the next file.
             yield self._unreadable(ctx, remote, str(exc), abandon=True)
             return
         finally:
             bridge.abort()
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
         assert finished is not None
         if digest is not None and finished.sha256 != digest:
             raise classify(
@@ -389,6 +404,10 @@ class SftpConnector:
         )
         # The file's rows and ledger entry are committed now.
         await self._after_import(ctx, sftp, remote)
+
+    @staticmethod
+    def _chunk_batch(remote: RemoteFile, prepared: Prepared) -> Batch:
+        return Batch(rows=[], item=remote.path, prepared=prepared, commit=False)
 
     async def _has_gzip_magic(
         self, ctx: ExtractContext, sftp: asyncssh.SFTPClient, remote: RemoteFile
@@ -443,7 +462,7 @@ class SftpConnector:
         bridge: StreamBridge,
         *,
         report: bool = True,
-    ) -> AsyncIterator[ParsedBatch | Finished]:
+    ) -> AsyncIterator[FileChunk | Finished]:
         """Feed the file to ``bridge`` and yield what its thread produces."""
         config: SftpConfig = ctx.config
         chunk_size = config.block_size * config.max_requests

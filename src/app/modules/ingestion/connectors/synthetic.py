@@ -27,7 +27,6 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
-from app.core.cpu import background_slice
 from app.core.validation import INT_MAX
 from app.modules.events.schema import event_id_for
 from app.modules.ingestion.connectors import register_connector
@@ -36,9 +35,11 @@ from app.modules.ingestion.connectors.base import (
     DateWindow,
     ExtractContext,
     SourceContext,
+    TerminalError,
     TestCheck,
     TestResult,
 )
+from app.modules.ingestion.prepare import Prepared, prepare_rows
 
 
 class SyntheticConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -262,11 +263,34 @@ def iter_events(
                 yield row
 
 
-_SLICE = 200
-
-
 def _take(rows: Iterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return list(itertools.islice(rows, n))
+
+
+def prepare_day(
+    tenant_id: str,
+    source_id: str,
+    seed: int,
+    day: date,
+    sessions: int,
+    bad_row_every: int,
+    until: datetime,
+    size: int,
+) -> list[Prepared]:
+    """Worker process: one day's events (up to ``until``), validated into COPY-ready
+    pieces of at most ``size`` rows. A day is generated in one call: its events come
+    from one random sequence, so it cannot be cut at an arbitrary session."""
+    rows = (
+        r
+        for r in iter_day_events(seed, day, sessions, bad_row_every=bad_row_every)
+        if not isinstance(r["occurred_at"], datetime) or r["occurred_at"] <= until
+    )
+    pieces = []
+    line = 1
+    while batch := _take(rows, size):
+        pieces.append(prepare_rows(tenant_id, source_id, batch, None, line))
+        line += len(batch)
+    return pieces
 
 
 class SyntheticConnector:
@@ -287,33 +311,29 @@ class SyntheticConnector:
         assert window is not None
         now = datetime.now(UTC)
         size = min(config.batch_rows, ctx.batch_rows)
+        workers = ctx.workers
+        if workers is None:
+            raise TerminalError("synthetic imports need the worker pool")
         for day in window.days():
             item = day.isoformat()
             ctx.progress.report(stage="extracting", item=item)
-            rows = (
-                r
-                for r in iter_day_events(
-                    config.seed, day, config.sessions_per_day, bad_row_every=config.bad_row_every
-                )
-                if not isinstance(r["occurred_at"], datetime) or r["occurred_at"] <= now
+            # Generated and validated in a worker process (pure Python: on the loop it
+            # would delay every request); the loop only passes the pieces on.
+            pieces = await workers.run(
+                prepare_day,
+                ctx.tenant_id,
+                str(ctx.source_id),
+                config.seed,
+                day,
+                config.sessions_per_day,
+                config.bad_row_every,
+                now,
+                size,
             )
-            line = 1
-            while True:
-                # Generating is CPU (and GIL) work: build the batch in short slices on the
-                # loop, taking turns with other background work, rather than in a thread.
-                batch: list[dict[str, Any]] = []
-                while len(batch) < size:
-                    async with background_slice():
-                        part = _take(rows, min(_SLICE, size - len(batch)))
-                    batch.extend(part)
-                    if not part:
-                        break
-                if not batch:
-                    break
+            for piece in pieces:
                 if config.batch_delay_ms:
                     await asyncio.sleep(config.batch_delay_ms / 1000)
-                yield Batch(rows=batch, item=item, first_line=line)
-                line += len(batch)
+                yield Batch(rows=[], prepared=piece, item=item)
             yield Batch(rows=[], item=item, cursor={"last_completed_day": item})
 
 
