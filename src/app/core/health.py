@@ -9,6 +9,7 @@ import msgspec
 import structlog
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from sqlalchemy.exc import DBAPIError
 
 from app.core.db import Database
 from app.core.errors import PROBLEM_JSON, error_responses, is_database_unavailable
@@ -32,12 +33,14 @@ async def check_database(state: State) -> list[str]:
     if db is None:
         return ["database: not configured yet"]
     try:
-        async with asyncio.timeout(state.settings.readiness_timeout_s), db.engine.connect() as conn:
-            revisions = await current_revisions(conn)
+        async with asyncio.timeout(state.settings.readiness_timeout_s):
+            revisions = await _revisions(db)
     except TimeoutError:
         return ["database: no answer within the readiness timeout"]
     except Exception as exc:
-        if is_database_unavailable(exc):
+        # OSError: nothing listens where the database should be (a refused TCP port, a
+        # missing Unix socket while PostgreSQL restarts).
+        if is_database_unavailable(exc) or isinstance(exc, OSError):
             log.warning("health.database_unreachable", error=str(exc))
         else:
             log.exception("health.database_check_failed")
@@ -49,6 +52,20 @@ async def check_database(state: State) -> list[str]:
             " run `make migrate` (in the image: `python -m app migrate`)"
         ]
     return []
+
+
+async def _revisions(db: Database) -> frozenset[str]:
+    """The schema's revisions. Connections are not pinged on checkout: a pooled one that
+    died with a database restart fails its first statement, is invalidated (with every
+    older one), and the check is retried once on a fresh connection."""
+    for attempt in (1, 2):
+        try:
+            async with db.engine.connect() as conn:
+                return await current_revisions(conn)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class HealthController(Controller):
