@@ -36,6 +36,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     configure_logging(settings)
     metrics = Metrics()
     installed = modules.installed()
+    if settings.env == "development":
+        # Imported here so that production never loads development-only code.
+        from app.dev.wiring import module as development
+
+        installed = [development, *installed]
     app = Litestar(
         route_handlers=[
             HealthController,

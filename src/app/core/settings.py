@@ -163,6 +163,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return self.env == "production"
 
     @property
+    def runs_dev_issuer(self) -> bool:
+        """Development without a configured issuer runs its own (``app.dev.issuer``)."""
+        return self.env == "development" and not self.oidc_issuer
+
+    @property
     def effective_log_format(self) -> LogFormat:
         if self.log_format is not None:
             return self.log_format

@@ -1,20 +1,17 @@
-"""Admin API for a tenant's email notifications, and the development mailbox."""
+"""Admin API for a tenant's email notifications."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, get, post, put
-from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import error_responses
 from app.modules.auth import Principal
 from app.modules.notifications import service
-from app.modules.notifications.catcher import CaughtMessage, MailCatcher
 from app.modules.notifications.schemas import (
     NotificationSettings,
     NotificationSettingsUpdate,
@@ -100,22 +97,3 @@ class NotificationsController(Controller):
         principal: NamedDependency[Principal],
     ) -> TestEmailQueued:
         return await service.queue_test_email(db_session, tenant_id, requested_by=principal.subject)
-
-
-def dev_mail_handler() -> HTTPRouteHandler:
-    """A new handler for the development mailbox, registered by the lifespan only while the
-    catcher runs (one per app, so several apps in one process do not share it)."""
-
-    def list_caught_mail(state: State, limit: Limit = 50) -> list[CaughtMessage]:
-        catcher: MailCatcher = state.mail_catcher
-        return catcher.recent(limit)
-
-    return get(
-        "/api/v1/dev/mail",
-        operation_id="listCaughtMail",
-        tags=["development"],
-        summary="Emails caught by the development SMTP catcher (development only)",
-        responses=error_responses(400),
-        opt={"public": True},
-        sync_to_thread=False,
-    )(list_caught_mail)
