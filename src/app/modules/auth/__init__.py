@@ -5,6 +5,7 @@ Public interface for other modules:
 - ``Principal`` and the ``principal`` dependency (``async def h(principal: Principal)``);
 - route ``opt={"role": "viewer" | "admin" | "operator"}`` and ``opt={"public": True}``;
 - the app guard ``require_access`` (installed for every route through ``module.guards``);
+- ``issuer_discovery`` (the configured issuer's discovery document, fetched once);
 - ``ClaimMapping``, ``KeySet`` and ``parse_jwks`` for an in-process issuer (``app.dev.issuer``).
 """
 
@@ -20,6 +21,7 @@ from app.modules.auth.jwks import KeySet, parse_jwks
 from app.modules.auth.lifespan import auth_lifespan
 from app.modules.auth.principal import ROLES, Principal, Role
 from app.modules.auth.routes import MeController
+from app.modules.auth.service import issuer_discovery
 
 module = Module(
     name="auth",
@@ -35,6 +37,7 @@ __all__ = [
     "KeySet",
     "Principal",
     "Role",
+    "issuer_discovery",
     "module",
     "parse_jwks",
     "require_access",

@@ -35,9 +35,12 @@ def build_authenticator(settings: Settings, state: Any) -> Authenticator:
     metrics = auth_metrics(state)
     keys = None
     validator = None
+    discovery = None
     if issuer:
+        source = HttpKeySource(state.http, issuer, timeout_s=timeout_s)
+        discovery = source.discovery
         keys = JwksCache(
-            HttpKeySource(state.http, issuer, timeout_s=timeout_s),
+            source,
             issuer=issuer,
             cooldown_s=settings.oidc_jwks_cooldown_s,
             max_stale_s=settings.oidc_jwks_max_stale_s,
@@ -61,7 +64,13 @@ def build_authenticator(settings: Settings, state: Any) -> Authenticator:
             cache_s=settings.oidc_introspection_cache_s,
             timeout_s=timeout_s,
         )
-    return Authenticator(issuer=issuer, validator=validator, keys=keys, introspector=introspector)
+    return Authenticator(
+        issuer=issuer,
+        validator=validator,
+        keys=keys,
+        introspector=introspector,
+        discovery=discovery,
+    )
 
 
 def _validator(

@@ -19,12 +19,12 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.timezones import load_zone
 from app.modules.dashboard.parsing import (
     DateRange,
     NormalQuery,
     local_midnight,
     normalise,
-    resolve_timezone,
     time_buckets,
 )
 from app.modules.dashboard.schemas import (
@@ -143,7 +143,7 @@ async def resolve_query_with(
 ) -> tuple[NormalQuery, tzinfo]:
     """:func:`resolve_query` with the first event day from the caller (cached facts)."""
     zone_name = query.timezone or calendar.timezone
-    zone = await resolve_timezone(zone_name, "timezone" if query.timezone else "tenant.timezone")
+    zone = await load_zone(zone_name, field="timezone" if query.timezone else "tenant.timezone")
     today = (now or datetime.now(UTC)).astimezone(zone).date()
     first = None
     if query.date_range == "all":

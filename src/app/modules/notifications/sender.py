@@ -26,7 +26,6 @@ Two kinds of retry:
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from email.message import EmailMessage
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
+from app.core.backoff import backoff_s
 from app.core.db import Database
 from app.core.errors import is_database_unavailable
 from app.modules.notifications import repository
@@ -59,12 +59,6 @@ def lease_for(timeout_s: float) -> float:
     """A lease that covers one bounded SMTP step (connect or one message: each at most
     ``4 * timeout_s``) plus the database writes around it; renewed before every message."""
     return timeout_s * 4 + LEASE_MARGIN_S
-
-
-def backoff_s(attempts: int, *, base_s: float, max_s: float) -> float:
-    """Exponential backoff with jitter: between half and all of ``base * 2^(n-1)``, capped."""
-    ceiling: float = min(max_s, base_s * 2.0 ** min(attempts - 1, 40))
-    return ceiling * random.uniform(0.5, 1.0)
 
 
 class SenderMetrics:

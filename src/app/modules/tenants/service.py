@@ -64,18 +64,6 @@ async def validate_timezone(name: str, session: AsyncSession | None = None) -> s
     return name
 
 
-_zones: dict[str, zoneinfo.ZoneInfo] = {}
-
-
-async def load_zone(name: str) -> zoneinfo.ZoneInfo:
-    """A ``ZoneInfo`` for a tenant's timezone; the first load reads tz files off the loop."""
-    zone = _zones.get(name)
-    if zone is None:
-        zone = await asyncio.to_thread(zoneinfo.ZoneInfo, name)
-        _zones[name] = zone
-    return zone
-
-
 def _settings(raw: dict[str, Any] | None) -> TenantSettings:
     known = {k: v for k, v in (raw or {}).items() if k in _SETTINGS_FIELDS}
     return msgspec.convert(known, TenantSettings)
