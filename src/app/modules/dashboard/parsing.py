@@ -15,7 +15,7 @@ import msgspec
 
 from app.core.errors import Invalid
 from app.modules.dashboard.schemas import StatsQuery
-from app.modules.events.query import (
+from app.modules.events import (
     DIMENSIONS,
     FILTER_OPERATORS,
     TIME_GRAINS,

@@ -36,23 +36,22 @@ from app.modules.dashboard.schemas import (
     StatsResult,
     StatsRow,
 )
-from app.modules.events import DataVersion, get_data_version
-from app.modules.events.query import (
+from app.modules.events import (
+    CONFIDENCE,
     RANKABLE,
+    RELATIVE_ERROR,
     AggregateResult,
     Aggregates,
     AggregateSpec,
+    DataVersion,
+    DistinctCount,
     GroupKey,
+    RollupState,
     TopN,
     aggregate_all,
-    time_grain,
-)
-from app.modules.events.rollups import (
-    CONFIDENCE,
-    RELATIVE_ERROR,
-    DistinctCount,
-    RollupState,
+    get_data_version,
     rollup_state,
+    time_grain,
 )
 
 log = structlog.get_logger("app.dashboard")

@@ -32,30 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.modules.events.rollups import DistinctCount, exact, in_slices
 from app.modules.events.sketches_merge import merge_blobs
 from app.modules.events.spec import (
-    ADDITIVE,
-    DIMENSIONS,
-    DISTINCT,
-    ENGAGED_MIN_MSEC,
-    ENGAGED_MIN_PAGEVIEWS,
-    FILTER_OPERATORS,
-    FIRST_VISIT,
-    NOT_SET,
-    PAGE_VIEW,
-    RANKABLE,
-    TIME_GRAINS,
-    TOTAL_DIMENSION,
     AggregateResult,
     Aggregates,
     AggregateSpec,
-    Filter,
-    FilterOperator,
     GroupKey,
-    TimeGrain,
-    TopN,
-    dimension_sql,
     rollup_plan,
-    time_grain,
-    uses_rollups,
 )
 from app.modules.events.widget_sql import (
     Part,
@@ -68,34 +49,7 @@ from app.modules.events.widget_sql import (
     totals_companion,
 )
 
-__all__ = [
-    "ADDITIVE",
-    "DIMENSIONS",
-    "DISTINCT",
-    "ENGAGED_MIN_MSEC",
-    "ENGAGED_MIN_PAGEVIEWS",
-    "FILTER_OPERATORS",
-    "FIRST_VISIT",
-    "NOT_SET",
-    "PAGE_VIEW",
-    "RANKABLE",
-    "TIME_GRAINS",
-    "TOTAL_DIMENSION",
-    "AggregateResult",
-    "AggregateSpec",
-    "Aggregates",
-    "Filter",
-    "FilterOperator",
-    "GroupKey",
-    "TimeGrain",
-    "TopN",
-    "aggregate",
-    "aggregate_all",
-    "dimension_sql",
-    "rollup_plan",
-    "time_grain",
-    "uses_rollups",
-]
+__all__ = ["aggregate", "aggregate_all"]
 
 
 async def aggregate_all(
