@@ -226,7 +226,8 @@ async def purge_old_emails(db: Database, now: datetime | None = None) -> int:
 
 
 class DigestScheduler:
-    """Runs :func:`run_digest_tick` every ``interval_s`` (and the outbox purge hourly)."""
+    """Runs :func:`run_digest_tick` every ``interval_s``, and the outbox purge on the first
+    tick after start-up, then on the first tick at least an hour after the last purge."""
 
     def __init__(
         self, db: Database, *, interval_s: float, on_queued: Callable[[], None] | None = None

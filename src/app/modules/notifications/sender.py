@@ -20,7 +20,9 @@ Two kinds of retry:
 - the *server* is unavailable (connect, TLS or AUTH failed): the claimed emails are
   released without using up an attempt (their ``last_error`` says why) and the sender
   pauses with its own backoff (at most a minute) before it tries again. However long
-  SMTP is down, every email goes out once it is back, and none is sent twice.
+  SMTP is down, every email goes out once it is back, and none the server accepted is
+  sent again. (When the server's reply to a message is lost, the outbox cannot know it
+  was accepted and retries it: that copy has the same ``Message-ID``.)
 """
 
 from __future__ import annotations
