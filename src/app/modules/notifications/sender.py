@@ -175,7 +175,10 @@ class OutboxSender:
     async def record_pending(self) -> None:
         """Write the ``sent`` state of emails accepted earlier (raises while the DB is away)."""
         for email in list(self.unrecorded.values()):
-            await self._write_sent(email)
+            with structlog.contextvars.bound_contextvars(
+                email_id=str(email.id), tenant_id=email.tenant_id
+            ):
+                await self._write_sent(email)
             del self.unrecorded[email.id]
 
     async def _deliver(self, claimed: Sequence[ClaimedEmail]) -> None:
@@ -184,30 +187,34 @@ class OutboxSender:
         unavailable: str | None = None
         try:
             for index, email in enumerate(claimed):
-                if self._stopping.is_set():
-                    break
-                if not connection.is_open:
+                # Every line logged for this email (the SMTP client's too) carries its id.
+                with structlog.contextvars.bound_contextvars(
+                    email_id=str(email.id), tenant_id=email.tenant_id
+                ):
+                    if self._stopping.is_set():
+                        break
+                    if not connection.is_open:
+                        try:
+                            await connection.open()
+                        except DeliveryError as exc:
+                            unavailable = exc.reason
+                            break
+                    if not await self._hold(claimed[index:]):
+                        break
                     try:
-                        await connection.open()
+                        await connection.send(self._compose(email), email.recipient)
                     except DeliveryError as exc:
-                        unavailable = exc.reason
-                        break
-                if not await self._hold(claimed[index:]):
-                    break
-                try:
-                    await connection.send(self._compose(email), email.recipient)
-                except DeliveryError as exc:
-                    if exc.at_connect:
-                        unavailable = exc.reason
-                        break
-                    await self._record_failure(email, exc)
-                    done += 1
-                else:
-                    # Accepted: from here on this email is never put back in the queue.
-                    done += 1
-                    self.server_failures = 0
-                    if not await self._record_sent(email):
-                        break
+                        if exc.at_connect:
+                            unavailable = exc.reason
+                            break
+                        await self._record_failure(email, exc)
+                        done += 1
+                    else:
+                        # Accepted: from here on this email is never put back in the queue.
+                        done += 1
+                        self.server_failures = 0
+                        if not await self._record_sent(email):
+                            break
         finally:
             # Untried emails go back without using an attempt (shielded: this also runs
             # when the task is cancelled, and must reach the database).
@@ -255,11 +262,7 @@ class OutboxSender:
             await self._write_sent(email)
         except Exception as exc:
             self.unrecorded[email.id] = email
-            log.warning(
-                "notifications.sent_state_deferred",
-                email_id=str(email.id),
-                error=type(exc).__name__,
-            )
+            log.warning("notifications.sent_state_deferred", error=type(exc).__name__)
             return False
         return True
 
@@ -271,13 +274,12 @@ class OutboxSender:
             await session.commit()
         if not held:
             # Another sender took the row over after our lease expired: nothing to write.
-            log.warning("notifications.sent_after_lease_lost", email_id=str(email.id))
+            log.warning("notifications.sent_after_lease_lost")
             return
         self.metrics.emails.labels(email.kind, "sent").inc()
+        # email_id and tenant_id come from the context bound per email (see _deliver).
         log.info(
             "email.sent",
-            email_id=str(email.id),
-            tenant_id=email.tenant_id,
             kind=email.kind,
             attempts=email.attempts,
         )
@@ -294,8 +296,6 @@ class OutboxSender:
         self.metrics.emails.labels(email.kind, "failed" if final else "retry").inc()
         (log.error if final else log.warning)(
             "email.failed" if final else "email.retry_scheduled",
-            email_id=str(email.id),
-            tenant_id=email.tenant_id,
             kind=email.kind,
             attempts=email.attempts,
             permanent=exc.permanent,
