@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.datastructures import State
 
 PREFIX = "PULSE_"
 
@@ -355,3 +356,9 @@ def load_settings(
 def _plain(exc: msgspec.ValidationError) -> str:
     # msgspec says "Expected `int`, got `str`"; drop the `$` path, it is always the root here.
     return str(exc).replace(" - at `$`", "")
+
+
+def provide_settings(state: State) -> Settings:
+    """The app's settings as a dependency (``settings: NamedDependency[Settings]``)."""
+    settings: Settings = state.settings
+    return settings

@@ -9,6 +9,7 @@ from __future__ import annotations
 from app.modules import Module
 from app.modules.ingestion.connectors import load_builtin_connectors
 from app.modules.ingestion.connectors.synthetic import iter_day_events
+from app.modules.ingestion.deps import dependencies
 from app.modules.ingestion.lifespan import ingestion_lifespan
 from app.modules.ingestion.routes import RunController, SourceController
 
@@ -18,6 +19,7 @@ load_builtin_connectors()
 module = Module(
     name="ingestion",
     route_handlers=[SourceController, RunController],
+    dependencies=dependencies,
     lifespan=[ingestion_lifespan],
 )
 

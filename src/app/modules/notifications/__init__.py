@@ -11,13 +11,15 @@ Public interface (everything other modules may import):
 from __future__ import annotations
 
 from app.modules import Module
-from app.modules.notifications.jobs import notifications_lifespan
+from app.modules.notifications.deps import dependencies
+from app.modules.notifications.lifespan import notifications_lifespan
 from app.modules.notifications.routes import NotificationsController
 from app.modules.notifications.service import enqueue_email, notify_run_outcome
 
 module = Module(
     name="notifications",
     route_handlers=[NotificationsController],
+    dependencies=dependencies,
     lifespan=[notifications_lifespan],
 )
 
