@@ -17,7 +17,7 @@ from app.modules import Module
 from app.modules.auth.claims import ClaimMapping
 from app.modules.auth.deps import provide_principal
 from app.modules.auth.guards import require_access
-from app.modules.auth.jwks import KeySet, parse_jwks
+from app.modules.auth.jwks import KeySet, OidcDiscovery, parse_jwks
 from app.modules.auth.lifespan import auth_lifespan
 from app.modules.auth.principal import ROLES, Principal, Role
 from app.modules.auth.routes import MeController
@@ -35,6 +35,7 @@ __all__ = [
     "ROLES",
     "ClaimMapping",
     "KeySet",
+    "OidcDiscovery",
     "Principal",
     "Role",
     "issuer_discovery",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -11,7 +11,7 @@ import structlog
 from app.core.errors import Unavailable
 from app.core.openapi import DEV_ISSUER_PATH
 from app.core.settings import Settings
-from app.modules.auth import issuer_discovery
+from app.modules.auth import OidcDiscovery
 from app.modules.web.schemas import SignInConfig
 
 log = structlog.get_logger("app.web")
@@ -24,7 +24,15 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-async def sign_in_config(settings: Settings, state: Any, base_url: str) -> SignInConfig | None:
+@dataclass(frozen=True)
+class IssuerSources:
+    development_issuer: str | None  # the in-process development issuer's URL, if it runs
+    discovery: OidcDiscovery | None  # the configured issuer's discovery document (auth)
+
+
+async def sign_in_config(
+    settings: Settings, sources: IssuerSources, base_url: str
+) -> SignInConfig | None:
     """The endpoints the browser uses, or None when no issuer is configured at all.
 
     The development issuer is addressed through the origin the browser is on, so that
@@ -32,10 +40,10 @@ async def sign_in_config(settings: Settings, state: Any, base_url: str) -> SignI
     """
     client_id = settings.oidc_web_client_id
     base = base_url.rstrip("/")
-    if getattr(state, "dev_issuer", None) is not None and not settings.oidc_issuer:
+    if sources.development_issuer is not None and not settings.oidc_issuer:
         prefix = base + DEV_ISSUER_PATH
         return SignInConfig(
-            issuer=state.dev_issuer.issuer,
+            issuer=sources.development_issuer,
             client_id=client_id,
             authorization_endpoint=prefix + "/authorize",
             token_endpoint=prefix + "/token",
@@ -45,7 +53,7 @@ async def sign_in_config(settings: Settings, state: Any, base_url: str) -> SignI
         )
     if not settings.oidc_issuer:
         return None
-    discovery = issuer_discovery(state)
+    discovery = sources.discovery
     if discovery is None:
         raise Unavailable("The identity provider cannot be reached.")
     try:
