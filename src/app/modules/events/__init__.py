@@ -15,7 +15,7 @@ from __future__ import annotations
 from app.modules import Module
 from app.modules.events.definitions import DIMENSIONS
 from app.modules.events.facts import DataFacts, data_facts
-from app.modules.events.query import aggregate_all
+from app.modules.events.query import aggregate_all, first_event_day
 from app.modules.events.rollups import (
     CONFIDENCE,
     RELATIVE_ERROR,
@@ -77,6 +77,7 @@ __all__ = [
     "aggregate_all",
     "data_facts",
     "event_id_for",
+    "first_event_day",
     "get_data_version",
     "load_events",
     "module",

@@ -24,6 +24,7 @@ Every identifier in generated SQL comes from the allow-lists in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -49,7 +50,7 @@ from app.modules.events.widget_sql import (
     totals_companion,
 )
 
-__all__ = ["aggregate", "aggregate_all"]
+__all__ = ["aggregate", "aggregate_all", "first_event_day"]
 
 
 async def aggregate_all(
@@ -196,3 +197,19 @@ def _build(
 async def aggregate(session: AsyncSession, spec: AggregateSpec) -> AggregateResult:
     """Aggregate the tenant's events for ``spec`` from rollups when possible."""
     return (await aggregate_all(session, [spec]))[0]
+
+
+async def first_event_day(session: AsyncSession, tenant_id: str, zone: str) -> date | None:
+    """The local day (in the zone named ``zone``) of the tenant's first event, from the
+    hourly totals; None when the tenant has no events."""
+    row = (
+        await session.execute(
+            statement_text(
+                "SELECT (min(bucket) AT TIME ZONE :tz)::date AS first FROM stats_rollups"
+                " WHERE tenant_id = :tenant_id AND grain = 0 AND dim = 0"
+            ),
+            {"tenant_id": tenant_id, "tz": zone},
+        )
+    ).one()
+    first: date | None = row.first
+    return first
