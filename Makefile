@@ -36,10 +36,11 @@ serve: install ## start Pulse alone against the configured services
 test: install ## run the test suite (starts its own embedded PostgreSQL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install ## ruff (lint + format check) and mypy
+lint: install ## ruff (lint + format check), mypy, and the import contracts (pyproject.toml)
 	$(VENV)/bin/ruff check src tests alembic bench scripts
 	$(VENV)/bin/ruff format --check src tests alembic bench scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fmt: install ## format and autofix
 	$(VENV)/bin/ruff format src tests alembic bench scripts

@@ -63,7 +63,7 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    from app.modules.auth.cli import token_command
+    from app.dev.issuer.cli import token_command
 
     return token_command(settings, args)
 

@@ -19,7 +19,7 @@ from app.core.metrics import (
     observability_middleware,
 )
 from app.core.openapi import UNCOMPRESSED_PATHS, openapi_assets, openapi_config
-from app.core.settings import Settings, load_settings
+from app.core.settings import Settings, load_settings, provide_settings
 from app.core.validation import (
     MAX_BODY_BYTES,
     PulseRequest,
@@ -36,6 +36,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     configure_logging(settings)
     metrics = Metrics()
     installed = modules.installed()
+    if settings.env == "development":
+        # Imported here so that production never loads development-only code.
+        from app.dev.wiring import module as development
+
+        installed = [development, *installed]
     app = Litestar(
         route_handlers=[
             HealthController,
@@ -46,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={
             "db_session": Provide(provide_db_session),
             "db": Provide(get_database, sync_to_thread=False),
+            "settings": Provide(provide_settings, sync_to_thread=False),
             **{k: v for module in installed for k, v in module.dependencies.items()},
         },
         guards=[guard for module in installed for guard in module.guards],

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from litestar import Litestar
 
+from app.core.timezones import load_zone
 from app.main import create_app
 from app.modules.dashboard import StatsQuery, run_query
-from app.modules.dashboard.parsing import resolve_timezone
 from tests.conftest import make_settings, serve_in_process
 from tests.fixtures.events import EventLoader, Sessions, TenantMaker, make_event
 from tests.fixtures.notify import settle
@@ -318,7 +318,7 @@ async def test_presets_resolve_in_the_tenant_timezone(
     client: httpx.AsyncClient, make_tenant: TenantMaker, load: EventLoader, viewer: dict[str, str]
 ) -> None:
     await make_tenant("acme", timezone="America/New_York")
-    zone = await resolve_timezone("America/New_York")
+    zone = await load_zone("America/New_York")
     first_event = datetime.now(UTC) - timedelta(days=3)
     await load("acme", [make_event(first_event, user_id="u", session_id="s")])
     today = datetime.now(UTC).astimezone(zone).date()

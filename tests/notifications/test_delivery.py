@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
+import structlog
 from sqlalchemy import select
 
 from app.core.db import Database
+from app.core.logging import configure_logging
 from app.core.settings import Settings
 from app.modules.notifications import notify_run_outcome
 from app.modules.notifications.models import OutboxEmail
 from app.modules.notifications.sender import OutboxSender
 from app.modules.notifications.smtp import target_from_settings
 from tests.conftest import make_settings
+from tests.fixtures.ingestion import wait_until
 from tests.fixtures.smtp import SmtpTestServer, smtp_settings
 from tests.notifications.conftest import MakeTenant
 
@@ -293,3 +299,40 @@ async def test_email_of_a_sender_that_died_mid_flight_is_sent_after_its_lease(
     assert row.status == "sent"
     assert row.attempts == 2
     assert claimed.id == row.id
+
+
+async def test_every_log_line_about_an_email_carries_its_outbox_id(
+    db: Database,
+    database_url: str,
+    tenant_with_recipients: MakeTenant,
+    smtp_server: SmtpTestServer,
+    smtp_app_settings: Settings,
+) -> None:
+    await tenant_with_recipients(recipients=["ops@acme.test", "cto@acme.test"])
+    await _fail_run(db)
+    sender = await _sender(db, smtp_app_settings)
+    ids = {str(row.id) for row in await _outbox(db)}
+    assert len(ids) == 2
+
+    # The real handler (JSON lines), as in production; the lines carry no explicit id.
+    stream = io.StringIO()
+    configure_logging(
+        make_settings(database_url, log_format="json", log_level="INFO"), stream=stream
+    )
+    try:
+        await sender.drain_once()
+
+        def sent() -> list[dict[str, Any]]:
+            lines = [json.loads(x) for x in stream.getvalue().splitlines() if x.startswith("{")]
+            return [line for line in lines if line["event"] == "email.sent"]
+
+        async def both_logged() -> bool:
+            return len(sent()) == 2
+
+        await wait_until(both_logged, timeout_s=10)
+    finally:
+        configure_logging(make_settings(database_url))
+    assert {line.get("email_id") for line in sent()} == ids
+    assert all(line.get("tenant_id") == "acme" for line in sent())
+    # The binding ends with the email: nothing leaks into what this task logs next.
+    assert "email_id" not in structlog.contextvars.get_contextvars()

@@ -1,8 +1,17 @@
 """Structured logging: JSON in production, readable console lines in development.
 
-Context (request id, tenant id, job id) is bound with ``structlog.contextvars``
-and appears on every line logged inside that context, including library logs
-routed through the standard ``logging`` module (uvicorn, sqlalchemy).
+Context bound with ``structlog.contextvars`` appears on every line logged inside it,
+including library logs routed through the standard ``logging`` module (uvicorn,
+sqlalchemy). What is bound today:
+
+- ``request_id`` on every line logged while a request is handled (the observability
+  middleware; the same id is sent back as ``X-Request-ID``);
+- ``email_id`` (the outbox id) and ``tenant_id`` on every line the outbox sender logs
+  while it handles one email.
+
+Other lines carry only the fields their call passes (an import run's lines pass
+``run_id`` themselves, most also ``tenant_id``; background jobs do not inherit the
+request id of the request that caused them).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ ASSETS_PATH = f"{SCHEMA_PATH}/ui/{PurePath(swagger_ui_path).name}"
 # Not gzipped by the app: compressing the 1.4 MB bundle stalls the event loop (~0.1 s
 # each time); it is cached by the browser instead.
 UNCOMPRESSED_PATHS = [f"^{SCHEMA_PATH}/ui/"]
-DEV_ISSUER_PATH = "/dev-issuer"  # app.modules.auth.dev_issuer; core imports no module
+DEV_ISSUER_PATH = "/dev-issuer"  # served by app.dev.issuer; core imports no module
 # Litestar's file responses guess media types; the first guess reads the system's
 # mime.types files. Read them now (import time, before any loop runs), not on a request.
 mimetypes.init()
@@ -52,18 +52,13 @@ class SignInSwagger(SwaggerRenderPlugin):
         return super().render(request, openapi_schema)
 
 
-def uses_dev_issuer(settings: Settings) -> bool:
-    """The same rule as the auth module's: development without an issuer runs its own."""
-    return settings.env == "development" and not settings.oidc_issuer
-
-
 def oidc_scheme(settings: Settings) -> SecurityScheme | None:
     """How the UI signs in, or None when no identity provider is configured."""
     description = (
         "Sign in through the tenant's identity provider (authorization code flow with PKCE)"
         f" as the public client `{settings.oidc_web_client_id}`."
     )
-    if uses_dev_issuer(settings):
+    if settings.runs_dev_issuer:
         # Relative: Swagger resolves them against the page, so any host name works.
         flow = OAuthFlow(
             authorization_url=f"{DEV_ISSUER_PATH}/authorize",

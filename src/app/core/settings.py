@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.datastructures import State
 
 PREFIX = "PULSE_"
 
@@ -167,6 +168,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def runs_dev_issuer(self) -> bool:
+        """Development without a configured issuer runs its own (``app.dev.issuer``)."""
+        return self.env == "development" and not self.oidc_issuer
 
     @property
     def effective_log_format(self) -> LogFormat:
@@ -356,3 +362,9 @@ def load_settings(
 def _plain(exc: msgspec.ValidationError) -> str:
     # msgspec says "Expected `int`, got `str`"; drop the `$` path, it is always the root here.
     return str(exc).replace(" - at `$`", "")
+
+
+def provide_settings(state: State) -> Settings:
+    """The app's settings as a dependency (``settings: NamedDependency[Settings]``)."""
+    settings: Settings = state.settings
+    return settings

@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from app.modules.ingestion.connectors.synthetic import iter_day_events
+from app.modules.ingestion import iter_day_events
 
 PROJECT = "demo"
 DATASET = "analytics_100200300"

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from app.modules.ingestion.connectors.synthetic import iter_day_events
+from app.modules.ingestion import iter_day_events
 
 # The CSV header maps 1:1 onto the canonical schema (see README, "Canonical event schema").
 CSV_COLUMNS = (

@@ -382,7 +382,7 @@ async def finish_seeding(api: httpx.AsyncClient, world: World) -> None:
 async def run_dev(settings: Settings, scale: float = 1.0) -> int:
     """Start the world, then Pulse, bootstrap the demo and serve until Ctrl-C."""
     from app.core.logging import configure_logging
-    from app.modules.auth.dev_issuer import DevIssuer
+    from app.dev.issuer import DevIssuer
 
     configure_logging(settings)
     async with start_world(settings, scale) as world:

@@ -24,7 +24,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,8 @@ import structlog
 from app.modules.auth.errors import IdentityProviderUnavailable, InvalidToken
 
 log = structlog.get_logger("app.auth.jwks")
+
+Clock = Callable[[], float]
 
 # Which key a JWS algorithm may be verified with (RFC 7518 section 3; RFC 8037).
 _KTY_FOR_ALG: dict[str, tuple[str, str | None]] = {
@@ -174,6 +176,68 @@ class StaticKeySource:
         return self.keys, None
 
 
+DISCOVERY_TTL_S = 3600.0
+
+
+class OidcDiscovery:
+    """The issuer's discovery document (OpenID Connect Discovery 1.0), fetched for the key
+    cache (``jwks_uri``) and kept for the web sign-in page (its endpoints): one fetch
+    serves both, so the issuer is asked once an hour, not once per reader."""
+
+    def __init__(
+        self,
+        issuer: str,
+        get_json: Callable[[str], Awaitable[Any]],
+        *,
+        ttl_s: float = DISCOVERY_TTL_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.issuer = issuer
+        self._get_json = get_json
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._document: dict[str, Any] | None = None
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def fetch(self) -> dict[str, Any]:
+        """Fetch and check the document now (the key cache re-discovers after a failure)."""
+        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        document = await self._get_json(url)
+        if not isinstance(document, dict):
+            raise ValueError("discovery document is not a JSON object")
+        # OIDC Discovery 4.3: the document's issuer must be exactly the configured one.
+        if document.get("issuer") != self.issuer:
+            raise ValueError(f"discovery issuer {document.get('issuer')!r} is not {self.issuer!r}")
+        self._document = document
+        self._fetched_at = self.clock()
+        return document
+
+    def _fresh(self) -> dict[str, Any] | None:
+        if self._document is not None and self.clock() - self._fetched_at < self.ttl_s:
+            return self._document
+        return None
+
+    async def document(self) -> dict[str, Any]:
+        """The document, fetched at most once per ``ttl_s`` (single flight). When the issuer
+        cannot be reached the last good document is returned; with none, the error is
+        raised (``httpx.HTTPError``, ``TimeoutError`` or ``ValueError``)."""
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
+        async with self._lock:
+            fresh = self._fresh()
+            if fresh is not None:
+                return fresh
+            try:
+                return await self.fetch()
+            except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+                log.warning("oidc.discovery_failed", issuer=self.issuer, error=str(exc))
+                if self._document is not None:
+                    return self._document  # stale beats nothing
+                raise
+
+
 class HttpKeySource:
     """OpenID Connect discovery, then the JWKS, with the app's shared HTTP client."""
 
@@ -184,15 +248,10 @@ class HttpKeySource:
         self.timeout_s = timeout_s
         self.jwks_uri: str | None = None
         self.cache_control: str | None = None
+        self.discovery = OidcDiscovery(issuer, self._get_document)
 
     async def discover(self) -> str:
-        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        document = await self._get_json(url)
-        if not isinstance(document, dict):
-            raise ValueError("discovery document is not a JSON object")
-        # OIDC Discovery 4.3: the document's issuer must be exactly the configured one.
-        if document.get("issuer") != self.issuer:
-            raise ValueError(f"discovery issuer {document.get('issuer')!r} is not {self.issuer!r}")
+        document = await self.discovery.fetch()
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
             raise ValueError("discovery document has no usable jwks_uri")
@@ -202,13 +261,18 @@ class HttpKeySource:
         if self.jwks_uri is None:
             self.jwks_uri = await self.discover()
         try:
-            document = await self._get_json(self.jwks_uri)
+            document, self.cache_control = await self._get_json(self.jwks_uri)
         except Exception:
             self.jwks_uri = None  # discover again next time: the IdP may have moved its JWKS
             raise
         return parse_jwks(document), None
 
-    async def _get_json(self, url: str) -> Any:
+    async def _get_document(self, url: str) -> Any:
+        document, _ = await self._get_json(url)
+        return document
+
+    async def _get_json(self, url: str) -> tuple[Any, str | None]:
+        """The JSON at ``url`` and its ``Cache-Control`` header."""
         # httpx's timeout bounds each phase; asyncio.timeout bounds the whole exchange.
         body = bytearray()
         async with (
@@ -223,11 +287,8 @@ class HttpKeySource:
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise ValueError(f"GET {url}: document larger than {MAX_DOCUMENT_BYTES} bytes")
-            self.cache_control = response.headers.get("cache-control")
-        return json.loads(body)
-
-
-Clock = Callable[[], float]
+            cache_control = response.headers.get("cache-control")
+        return json.loads(body), cache_control
 
 
 class JwksCache:

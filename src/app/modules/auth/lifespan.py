@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from litestar import Litestar
@@ -16,13 +16,8 @@ from prometheus_client import Counter
 from app.core.lifespan import ConfigurationError
 from app.core.settings import Settings
 from app.modules.auth.claims import ClaimMapping
-from app.modules.auth.dev_issuer import (
-    DevIssuer,
-    DevIssuerRefused,
-    dev_issuer_enabled,
-)
 from app.modules.auth.introspection import Introspector
-from app.modules.auth.jwks import HttpKeySource, JwksCache, StaticKeySource
+from app.modules.auth.jwks import HttpKeySource, JwksCache, KeySet, StaticKeySource
 from app.modules.auth.service import Authenticator
 from app.modules.auth.tokens import TokenCache, TokenValidator
 
@@ -40,9 +35,12 @@ def build_authenticator(settings: Settings, state: Any) -> Authenticator:
     metrics = auth_metrics(state)
     keys = None
     validator = None
+    discovery = None
     if issuer:
+        source = HttpKeySource(state.http, issuer, timeout_s=timeout_s)
+        discovery = source.discovery
         keys = JwksCache(
-            HttpKeySource(state.http, issuer, timeout_s=timeout_s),
+            source,
             issuer=issuer,
             cooldown_s=settings.oidc_jwks_cooldown_s,
             max_stale_s=settings.oidc_jwks_max_stale_s,
@@ -66,7 +64,13 @@ def build_authenticator(settings: Settings, state: Any) -> Authenticator:
             cache_s=settings.oidc_introspection_cache_s,
             timeout_s=timeout_s,
         )
-    return Authenticator(issuer=issuer, validator=validator, keys=keys, introspector=introspector)
+    return Authenticator(
+        issuer=issuer,
+        validator=validator,
+        keys=keys,
+        introspector=introspector,
+        discovery=discovery,
+    )
 
 
 def _validator(
@@ -111,12 +115,27 @@ def auth_metrics(state: Any) -> AuthMetrics:
     return metrics
 
 
+class LocalIssuer(Protocol):
+    """An issuer running in this process (the development one, started by ``app.dev``
+    before this module's hook): its tokens are checked against its keys, no HTTP."""
+
+    @property
+    def issuer(self) -> str: ...
+
+    @property
+    def key_set(self) -> KeySet: ...
+
+    @property
+    def mapping(self) -> ClaimMapping: ...
+
+
 async def _dev_authenticator(settings: Settings, state: Any) -> Authenticator:
-    try:
-        dev = await asyncio.to_thread(DevIssuer.from_settings, settings)
-    except DevIssuerRefused as exc:
-        raise ConfigurationError(str(exc)) from exc
-    state.dev_issuer = dev
+    dev: LocalIssuer | None = getattr(state, "dev_issuer", None)
+    if dev is None:
+        raise ConfigurationError(
+            "the development issuer did not start (app.dev is wired only by create_app"
+            " in development); set PULSE_OIDC_ISSUER"
+        )
     mapping = dev.mapping
     keys = JwksCache(
         StaticKeySource(dev.key_set),
@@ -139,7 +158,7 @@ async def auth_lifespan(app: Litestar) -> AsyncIterator[None]:
     state: Any = app.state
     settings: Settings = state.settings
     auth_metrics(state)
-    if dev_issuer_enabled(settings):
+    if settings.runs_dev_issuer:
         authenticator = await _dev_authenticator(settings, state)
     elif settings.oidc_issuer or settings.oidc_introspection_url:
         authenticator = build_authenticator(settings, state)
@@ -153,7 +172,7 @@ async def auth_lifespan(app: Litestar) -> AsyncIterator[None]:
         authenticator = Authenticator(issuer=None, validator=None, keys=None)
     state.auth = authenticator
     refresher = None
-    if authenticator.keys is not None and not dev_issuer_enabled(settings):
+    if authenticator.keys is not None and not settings.runs_dev_issuer:
         # The first run is the prefetch: start-up never waits for (or fails on) the IdP.
         refresher = state.tasks.spawn(authenticator.keys.run(), name="oidc-jwks-refresh")
     try:

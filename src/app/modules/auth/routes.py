@@ -1,15 +1,11 @@
-"""``GET /api/v1/me`` and the development issuer's discovery and JWKS."""
+"""``GET /api/v1/me``."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from litestar import Controller, get
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 
-from app.core.errors import NotFound, error_responses
-from app.modules.auth.dev_issuer import DEV_ISSUER_PATH, DevIssuer
+from app.core.errors import error_responses
 from app.modules.auth.principal import Principal
 from app.modules.auth.schemas import Me
 
@@ -34,39 +30,3 @@ class MeController(Controller):
             client_id=principal.client_id,
             expires_at=principal.expires_at,
         )
-
-
-def _dev_issuer(state: State) -> DevIssuer:
-    issuer: DevIssuer | None = getattr(state, "dev_issuer", None)
-    if issuer is None:
-        raise NotFound("The development issuer is not running.")
-    return issuer
-
-
-class DevIssuerController(Controller):
-    """Served only while the development issuer runs; 404 otherwise."""
-
-    path = DEV_ISSUER_PATH
-    tags = ["auth"]
-    opt = {"public": True}
-    include_in_schema = False
-
-    @get(
-        "/.well-known/openid-configuration",
-        operation_id="getDevIssuerDiscovery",
-        summary="Development issuer: OpenID Connect discovery",
-        responses=error_responses(404),
-        sync_to_thread=False,
-    )
-    def discovery(self, state: State) -> dict[str, Any]:
-        return _dev_issuer(state).discovery()
-
-    @get(
-        "/jwks.json",
-        operation_id="getDevIssuerJwks",
-        summary="Development issuer: public signing keys",
-        responses=error_responses(404),
-        sync_to_thread=False,
-    )
-    def jwks(self, state: State) -> dict[str, Any]:
-        return _dev_issuer(state).jwks

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from app.modules.auth.errors import IdentityProviderUnavailable, InvalidToken
 from app.modules.auth.introspection import Introspector
-from app.modules.auth.jwks import JwksCache
+from app.modules.auth.jwks import JwksCache, OidcDiscovery
 from app.modules.auth.principal import Principal
 from app.modules.auth.tokens import TokenValidator, check_size, looks_like_jwt
 
@@ -19,6 +20,8 @@ class Authenticator:
     validator: TokenValidator | None
     keys: JwksCache | None
     introspector: Introspector | None = None
+    # The configured issuer's discovery document (None without one, or in development).
+    discovery: OidcDiscovery | None = None
 
     async def authenticate(self, token: str) -> Principal:
         check_size(token)
@@ -41,3 +44,10 @@ class Authenticator:
             await self.keys.close()
         if self.introspector is not None:
             await self.introspector.close()
+
+
+def issuer_discovery(state: Any) -> OidcDiscovery | None:
+    """The configured issuer's discovery document, shared with the key cache; None when no
+    issuer is configured (or before the auth hook started)."""
+    authenticator: Authenticator | None = getattr(state, "auth", None)
+    return None if authenticator is None else authenticator.discovery

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from app.modules import Module
 from app.modules.dashboard.deps import dependencies
+from app.modules.dashboard.lifespan import stats_lifespan
 from app.modules.dashboard.routes import StatsController
-from app.modules.dashboard.runtime import stats_lifespan
 from app.modules.dashboard.schemas import StatsQuery, StatsResult, StatsRow
 from app.modules.dashboard.service import run_query
 

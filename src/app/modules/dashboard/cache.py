@@ -59,10 +59,6 @@ class StatsCache(Generic[T]):
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
-    def clear_tenant(self, tenant_id: str) -> None:
-        for key in [k for k in self._entries if k[0] == tenant_id]:
-            del self._entries[key]
-
     async def get_or_compute(
         self, key: CacheKey, compute: Callable[[], Awaitable[T]]
     ) -> tuple[T, bool]:

@@ -22,8 +22,7 @@ from datetime import date, tzinfo
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.modules.dashboard.service import TenantCalendar
-from app.modules.events import DataFacts, data_facts
-from app.modules.events.rollups import RollupState
+from app.modules.events import DataFacts, RollupState, data_facts
 from app.modules.tenants import get_tenant_config
 
 

@@ -6,19 +6,16 @@ lists; its :meth:`NormalQuery.cache_key` is the same for queries that mean the s
 
 from __future__ import annotations
 
-import asyncio
-import re
 from calendar import monthrange
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from app.core.errors import Invalid
 from app.modules.dashboard.schemas import StatsQuery
-from app.modules.events.query import (
+from app.modules.events import (
     DIMENSIONS,
     FILTER_OPERATORS,
     TIME_GRAINS,
@@ -61,24 +58,6 @@ MAX_TIME_BUCKETS = 10_000
 MAX_FILTERS = 20
 MAX_FILTER_VALUES = 100
 MAX_VALUE_LENGTH = 2048
-_TZ_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+){0,2}$")
-
-_zones: dict[str, ZoneInfo] = {}
-
-
-async def resolve_timezone(name: str, field: str = "timezone") -> ZoneInfo:
-    """A cached ZoneInfo; the first load reads tzdata files, so it runs off the loop."""
-    zone = _zones.get(name)
-    if zone is not None:
-        return zone
-    if len(name) > 64 or not _TZ_NAME.match(name):
-        raise Invalid(f"{name!r} is not an IANA timezone name", field=field)
-    try:
-        zone = await asyncio.to_thread(ZoneInfo, name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise Invalid(f"unknown timezone {name!r}", field=field) from None
-    _zones[name] = zone
-    return zone
 
 
 @dataclass(frozen=True)

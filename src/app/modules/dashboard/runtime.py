@@ -5,15 +5,11 @@ miss one read connection (:meth:`app.core.db.Database.run_read`) for the query e
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, tzinfo
-from typing import Any
 
 import msgspec
 import structlog
-from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Database
@@ -55,13 +51,6 @@ class StatsRuntime:
                 settings.stats_rate_limit_per_minute, burst=settings.stats_rate_limit_burst
             ),
         )
-
-
-@asynccontextmanager
-async def stats_lifespan(app: Litestar) -> AsyncIterator[None]:
-    state: Any = app.state
-    state.stats = StatsRuntime.create(state.settings, state.db, state.notify)
-    yield
 
 
 @dataclass(frozen=True)

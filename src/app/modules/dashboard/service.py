@@ -16,15 +16,14 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 import structlog
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.timezones import load_zone
 from app.modules.dashboard.parsing import (
     DateRange,
     NormalQuery,
     local_midnight,
     normalise,
-    resolve_timezone,
     time_buckets,
 )
 from app.modules.dashboard.schemas import (
@@ -36,24 +35,25 @@ from app.modules.dashboard.schemas import (
     StatsResult,
     StatsRow,
 )
-from app.modules.events import DataVersion, get_data_version
-from app.modules.events.query import (
+from app.modules.events import (
+    CONFIDENCE,
     RANKABLE,
+    RELATIVE_ERROR,
     AggregateResult,
     Aggregates,
     AggregateSpec,
+    DataVersion,
+    DistinctCount,
     GroupKey,
+    RollupState,
     TopN,
     aggregate_all,
+    first_event_day,
+    get_data_version,
+    rollup_state,
     time_grain,
 )
-from app.modules.events.rollups import (
-    CONFIDENCE,
-    RELATIVE_ERROR,
-    DistinctCount,
-    RollupState,
-    rollup_state,
-)
+from app.modules.tenants import get_tenant_config
 
 log = structlog.get_logger("app.dashboard")
 
@@ -94,24 +94,8 @@ class TenantCalendar:
 
 async def tenant_calendar(session: AsyncSession, tenant_id: str) -> TenantCalendar:
     """The tenant's default timezone and conversion events (from the tenants module)."""
-    from app.modules.tenants import get_tenant_config
-
     config = await get_tenant_config(session, tenant_id)
     return TenantCalendar(config.timezone, tuple(sorted(config.conversion_events)))
-
-
-async def _first_event_day(session: AsyncSession, tenant_id: str, zone: str) -> date | None:
-    row = (
-        await session.execute(
-            text(
-                "SELECT (min(bucket) AT TIME ZONE :tz)::date AS first FROM stats_rollups"
-                " WHERE tenant_id = :tenant_id AND grain = 0 AND dim = 0"
-            ),
-            {"tenant_id": tenant_id, "tz": zone},
-        )
-    ).one()
-    first: date | None = row.first
-    return first
 
 
 # The local day of a tenant's first event in a zone (given by name and as tzinfo).
@@ -128,10 +112,10 @@ async def resolve_query(
 ) -> tuple[NormalQuery, tzinfo]:
     """Validate ``query`` and resolve its timezone, presets and comparison to dates."""
 
-    async def first_event_day(zone_name: str, _zone: tzinfo) -> date | None:
-        return await _first_event_day(session, tenant_id, zone_name)
+    async def first_day(zone_name: str, _zone: tzinfo) -> date | None:
+        return await first_event_day(session, tenant_id, zone_name)
 
-    return await resolve_query_with(query, calendar, first_event_day, now=now)
+    return await resolve_query_with(query, calendar, first_day, now=now)
 
 
 async def resolve_query_with(
@@ -143,7 +127,7 @@ async def resolve_query_with(
 ) -> tuple[NormalQuery, tzinfo]:
     """:func:`resolve_query` with the first event day from the caller (cached facts)."""
     zone_name = query.timezone or calendar.timezone
-    zone = await resolve_timezone(zone_name, "timezone" if query.timezone else "tenant.timezone")
+    zone = await load_zone(zone_name, field="timezone" if query.timezone else "tenant.timezone")
     today = (now or datetime.now(UTC)).astimezone(zone).date()
     first = None
     if query.date_range == "all":

@@ -24,6 +24,7 @@ Every identifier in generated SQL comes from the allow-lists in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -32,30 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.modules.events.rollups import DistinctCount, exact, in_slices
 from app.modules.events.sketches_merge import merge_blobs
 from app.modules.events.spec import (
-    ADDITIVE,
-    DIMENSIONS,
-    DISTINCT,
-    ENGAGED_MIN_MSEC,
-    ENGAGED_MIN_PAGEVIEWS,
-    FILTER_OPERATORS,
-    FIRST_VISIT,
-    NOT_SET,
-    PAGE_VIEW,
-    RANKABLE,
-    TIME_GRAINS,
-    TOTAL_DIMENSION,
     AggregateResult,
     Aggregates,
     AggregateSpec,
-    Filter,
-    FilterOperator,
     GroupKey,
-    TimeGrain,
-    TopN,
-    dimension_sql,
     rollup_plan,
-    time_grain,
-    uses_rollups,
 )
 from app.modules.events.widget_sql import (
     Part,
@@ -68,34 +50,7 @@ from app.modules.events.widget_sql import (
     totals_companion,
 )
 
-__all__ = [
-    "ADDITIVE",
-    "DIMENSIONS",
-    "DISTINCT",
-    "ENGAGED_MIN_MSEC",
-    "ENGAGED_MIN_PAGEVIEWS",
-    "FILTER_OPERATORS",
-    "FIRST_VISIT",
-    "NOT_SET",
-    "PAGE_VIEW",
-    "RANKABLE",
-    "TIME_GRAINS",
-    "TOTAL_DIMENSION",
-    "AggregateResult",
-    "AggregateSpec",
-    "Aggregates",
-    "Filter",
-    "FilterOperator",
-    "GroupKey",
-    "TimeGrain",
-    "TopN",
-    "aggregate",
-    "aggregate_all",
-    "dimension_sql",
-    "rollup_plan",
-    "time_grain",
-    "uses_rollups",
-]
+__all__ = ["aggregate", "aggregate_all", "first_event_day"]
 
 
 async def aggregate_all(
@@ -242,3 +197,19 @@ def _build(
 async def aggregate(session: AsyncSession, spec: AggregateSpec) -> AggregateResult:
     """Aggregate the tenant's events for ``spec`` from rollups when possible."""
     return (await aggregate_all(session, [spec]))[0]
+
+
+async def first_event_day(session: AsyncSession, tenant_id: str, zone: str) -> date | None:
+    """The local day (in the zone named ``zone``) of the tenant's first event, from the
+    hourly totals; None when the tenant has no events."""
+    row = (
+        await session.execute(
+            statement_text(
+                "SELECT (min(bucket) AT TIME ZONE :tz)::date AS first FROM stats_rollups"
+                " WHERE tenant_id = :tenant_id AND grain = 0 AND dim = 0"
+            ),
+            {"tenant_id": tenant_id, "tz": zone},
+        )
+    ).one()
+    first: date | None = row.first
+    return first

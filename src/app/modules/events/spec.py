@@ -8,37 +8,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from app.modules.events.definitions import (
+    DIMENSIONS,
+)
 from app.modules.events.rollups import GRAIN_DAY, GRAIN_HOUR, DistinctCount, exact
 
-# Dimension name -> rollup dimension id (0 is the "all events" total).
-DIMENSIONS: dict[str, int] = {
-    "event_name": 1,
-    "page_path": 2,
-    "country": 3,
-    "city": 4,
-    "device_category": 5,
-    "os": 6,
-    "browser": 7,
-    "source": 8,
-    "medium": 9,
-    "campaign": 10,
-}
-TOTAL_DIMENSION = 0
 NOT_SET = "(not set)"
 TimeGrain = Literal["hour", "day", "week", "month"]
 FilterOperator = Literal["is", "is_not", "contains", "not_contains"]
 FILTER_OPERATORS: tuple[str, ...] = ("is", "is_not", "contains", "not_contains")
 TIME_GRAINS: tuple[str, ...] = ("hour", "day", "week", "month")
 
-ADDITIVE = ("events", "pageviews", "new_users", "conversions", "engagement_msec", "revenue")
 DISTINCT = ("users", "sessions", "engaged_sessions", "converting_sessions")
-
-# GA4: an engaged session lasted 10 s or more, had two or more page views, had a
-# conversion, or was flagged engaged by the collector.
-ENGAGED_MIN_MSEC = 10_000
-ENGAGED_MIN_PAGEVIEWS = 2
-PAGE_VIEW = "page_view"
-FIRST_VISIT = "first_visit"
 
 
 def dimension_sql(name: str, column_prefix: str = "") -> str:
@@ -158,7 +139,3 @@ def rollup_plan(spec: AggregateSpec) -> tuple[int, str | None] | None:
     if dim is None and spec.offset_minutes % 60 == 0:
         return GRAIN_HOUR, None
     return None
-
-
-def uses_rollups(spec: AggregateSpec) -> bool:
-    return rollup_plan(spec) is not None

@@ -16,17 +16,19 @@ from typing import Any, Literal
 
 from sqlalchemy import TextClause, text
 
-from app.modules.events.spec import (
+from app.modules.events.definitions import (
     DIMENSIONS,
-    DISTINCT,
     ENGAGED_MIN_MSEC,
     ENGAGED_MIN_PAGEVIEWS,
-    EXACT_COLUMNS,
     FIRST_VISIT,
     PAGE_VIEW,
+    TOTAL_DIMENSION,
+)
+from app.modules.events.spec import (
+    DISTINCT,
+    EXACT_COLUMNS,
     RANKABLE,
     SKETCH_COLUMNS,
-    TOTAL_DIMENSION,
     AggregateSpec,
     Filter,
     TimeGrain,

@@ -6,12 +6,12 @@ exactly when the failure is committed (the notifications outbox sends it later).
 
 from __future__ import annotations
 
-import random
 import uuid
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.backoff import backoff_s
 from app.modules.ingestion import repository
 from app.modules.notifications import notify_run_outcome
 
@@ -65,7 +65,4 @@ async def record_outcome(
     return finished
 
 
-def backoff_s(attempt: int, *, base_s: float, max_s: float) -> float:
-    """Exponential backoff with jitter: about base * 2^(attempt-1), capped, scaled by 0.5-1."""
-    ceiling = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
-    return float(ceiling * (0.5 + random.random() / 2))
+__all__ = ["backoff_s", "record_outcome"]

@@ -9,39 +9,31 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
+import httpx
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.background_tasks import BackgroundTask
-from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Response, ServerSentEvent
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.crypto import SecretBox
 from app.core.db import Database
 from app.core.errors import error_responses
 from app.core.outbound import policy_for
 from app.core.settings import Settings
 from app.core.validation import BIGINT_MAX
 from app.modules.ingestion import schemas, service
-from app.modules.ingestion.state import IngestionState, ingestion_state
+from app.modules.ingestion.deps import RunnerSignals
 
 TENANT = "/api/v1/tenants/{tenant_id:str}"
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
 Offset = Annotated[int, QueryParameter(ge=0, le=BIGINT_MAX, description="Items to skip")]
-
-
-def _wake(state: IngestionState | None) -> None:
-    if state is not None and state.runner is not None:
-        state.runner.wake()
-
-
-def _cancel_here(state: IngestionState | None, run_id: FromPath[uuid.UUID]) -> None:
-    if state is not None and state.runner is not None:
-        state.runner.request_cancel(run_id)
 
 
 class SourceController(Controller):
@@ -60,11 +52,13 @@ class SourceController(Controller):
         tenant_id: FromPath[str],
         data: JSONBody[schemas.SourceCreate],
         db_session: NamedDependency[AsyncSession],
-        state: State,
+        secret_box: NamedDependency[SecretBox],
+        settings: NamedDependency[Settings],
     ) -> schemas.Source:
-        box = ingestion_state(state).secret_box
-        outbound = policy_for(state.settings)
-        return await service.create_source(db_session, box, tenant_id, data, outbound=outbound)
+        outbound = policy_for(settings)
+        return await service.create_source(
+            db_session, secret_box, tenant_id, data, outbound=outbound
+        )
 
     @get(
         "/",
@@ -103,12 +97,12 @@ class SourceController(Controller):
         source_id: FromPath[uuid.UUID],
         data: JSONBody[schemas.SourceUpdate],
         db_session: NamedDependency[AsyncSession],
-        state: State,
+        secret_box: NamedDependency[SecretBox],
+        settings: NamedDependency[Settings],
     ) -> schemas.Source:
-        box = ingestion_state(state).secret_box
-        outbound = policy_for(state.settings)
+        outbound = policy_for(settings)
         return await service.update_source(
-            db_session, box, tenant_id, source_id, data, outbound=outbound
+            db_session, secret_box, tenant_id, source_id, data, outbound=outbound
         )
 
     @delete(
@@ -138,18 +132,19 @@ class SourceController(Controller):
         tenant_id: FromPath[str],
         source_id: FromPath[uuid.UUID],
         db_session: NamedDependency[AsyncSession],
-        state: State,
+        secret_box: NamedDependency[SecretBox],
+        settings: NamedDependency[Settings],
+        http_client: NamedDependency[httpx.AsyncClient | None],
+        bigquery_pool: NamedDependency[ThreadPoolExecutor | None],
     ) -> schemas.SourceTestResult:
-        settings: Settings = state.settings
-        box = ingestion_state(state).secret_box
         return await service.check_source(
             db_session,
-            box,
+            secret_box,
             tenant_id,
             source_id,
             timeout_s=settings.ingest_test_timeout_s,
-            http=getattr(state, "http", None),
-            executor=getattr(state, "bigquery_pool", None),
+            http=http_client,
+            executor=bigquery_pool,
             outbound=policy_for(settings),
         )
 
@@ -166,9 +161,9 @@ class SourceController(Controller):
         source_id: FromPath[uuid.UUID],
         data: JSONBody[schemas.RunCreate],
         db_session: NamedDependency[AsyncSession],
-        state: State,
+        settings: NamedDependency[Settings],
+        runner_signals: NamedDependency[RunnerSignals],
     ) -> Response[schemas.Run]:
-        settings: Settings = state.settings
         run = await service.create_run(
             db_session, tenant_id, source_id, data, max_attempts=settings.ingest_max_attempts
         )
@@ -176,7 +171,7 @@ class SourceController(Controller):
         return Response(
             run,
             status_code=HTTP_202_ACCEPTED,
-            background=BackgroundTask(_wake, getattr(state, "ingestion", None)),
+            background=BackgroundTask(runner_signals.wake),
         )
 
 
@@ -234,13 +229,13 @@ class RunController(Controller):
         tenant_id: FromPath[str],
         run_id: FromPath[uuid.UUID],
         db_session: NamedDependency[AsyncSession],
-        state: State,
+        runner_signals: NamedDependency[RunnerSignals],
     ) -> Response[schemas.Run]:
         run = await service.cancel_run(db_session, tenant_id, run_id)
         return Response(
             run,
             status_code=HTTP_202_ACCEPTED,
-            background=BackgroundTask(_cancel_here, getattr(state, "ingestion", None), run_id),
+            background=BackgroundTask(runner_signals.request_cancel, run_id),
         )
 
     @get(

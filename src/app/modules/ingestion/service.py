@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 import structlog
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -551,14 +551,4 @@ async def list_quarantine(
         limit=limit,
         offset=offset,
         next_offset=offset + limit if more else None,
-    )
-
-
-async def count_runs(session: AsyncSession, tenant_id: str, status: str) -> int:
-    return int(
-        (
-            await session.execute(
-                select(func.count()).where(Run.tenant_id == tenant_id, Run.status == status)
-            )
-        ).scalar_one()
     )

@@ -1,20 +1,7 @@
-"""Tenant timezones, loaded off the event loop (ZoneInfo reads tzdata files) and cached."""
+"""Tenant timezones for ingestion: the app's one cached lookup, unknown names as UTC."""
 
 from __future__ import annotations
 
-import asyncio
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from app.core.timezones import zone_or_utc as zone
 
-_cache: dict[str, ZoneInfo] = {}
-
-
-async def zone(name: str) -> ZoneInfo:
-    """The ZoneInfo for ``name``; unknown names fall back to UTC."""
-    found = _cache.get(name)
-    if found is None:
-        try:
-            found = await asyncio.to_thread(ZoneInfo, name)
-        except (ZoneInfoNotFoundError, ValueError):
-            found = await asyncio.to_thread(ZoneInfo, "UTC")
-        _cache[name] = found
-    return found
+__all__ = ["zone"]

@@ -14,21 +14,18 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Database
 from app.core.errors import is_database_unavailable
+from app.modules.dashboard import StatsQuery, StatsResult, run_query
 from app.modules.notifications import repository
 from app.modules.notifications.models import NotificationPreferences
 from app.modules.notifications.service import enqueue_email
 from app.modules.notifications.templates import DigestView, render_digest
 from app.modules.notifications.tenancy import TenantProfile, tenant_profile
-
-if TYPE_CHECKING:
-    from app.modules.dashboard import StatsResult
 
 log = structlog.get_logger("app.notifications.digest")
 
@@ -75,10 +72,6 @@ async def build_digest(
     session: AsyncSession, tenant: TenantProfile, first_day: date, last_day: date
 ) -> DigestView:
     """Figures for ``first_day..last_day`` against the 7 days before, via ``run_query``."""
-    # Imported here: the stats stack (dashboard -> events) is needed only when a digest is
-    # built, so alerts and delivery do not depend on it being importable.
-    from app.modules.dashboard import StatsQuery, run_query
-
     span = [first_day.isoformat(), last_day.isoformat()]
     previous = [
         (first_day - timedelta(days=7)).isoformat(),
@@ -226,7 +219,8 @@ async def purge_old_emails(db: Database, now: datetime | None = None) -> int:
 
 
 class DigestScheduler:
-    """Runs :func:`run_digest_tick` every ``interval_s`` (and the outbox purge hourly)."""
+    """Runs :func:`run_digest_tick` every ``interval_s``, and the outbox purge on the first
+    tick after start-up, then on the first tick at least an hour after the last purge."""
 
     def __init__(
         self, db: Database, *, interval_s: float, on_queued: Callable[[], None] | None = None

@@ -1,20 +1,19 @@
-"""Admin API for a tenant's email notifications, and the development mailbox."""
+"""Admin API for a tenant's email notifications."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from litestar import Controller, Request, get, post, put
-from litestar.datastructures import State
+from litestar import Controller, Response, get, post, put
+from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
-from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import error_responses
 from app.modules.auth import Principal
 from app.modules.notifications import service
-from app.modules.notifications.catcher import CaughtMessage, MailCatcher
+from app.modules.notifications.deps import SenderWakeUp
 from app.modules.notifications.schemas import (
     NotificationSettings,
     NotificationSettingsUpdate,
@@ -24,13 +23,6 @@ from app.modules.notifications.schemas import (
 
 OutboxStatus = Literal["pending", "sending", "sent", "failed"]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
-
-
-async def _wake_sender(request: Request[Any, Any, Any]) -> None:
-    # Runs after the response, i.e. after the request's transaction committed.
-    sender = getattr(request.app.state, "notifications_sender", None)
-    if sender is not None:
-        sender.wake()
 
 
 class NotificationsController(Controller):
@@ -91,31 +83,16 @@ class NotificationsController(Controller):
         summary="Queue a test email to every recipient",
         status_code=202,
         responses=error_responses(400, 401, 403, 404),
-        after_response=_wake_sender,
     )
     async def send_test(
         self,
         tenant_id: FromPath[str],
         db_session: NamedDependency[AsyncSession],
         principal: NamedDependency[Principal],
-    ) -> TestEmailQueued:
-        return await service.queue_test_email(db_session, tenant_id, requested_by=principal.subject)
-
-
-def dev_mail_handler() -> HTTPRouteHandler:
-    """A new handler for the development mailbox, registered by the lifespan only while the
-    catcher runs (one per app, so several apps in one process do not share it)."""
-
-    def list_caught_mail(state: State, limit: Limit = 50) -> list[CaughtMessage]:
-        catcher: MailCatcher = state.mail_catcher
-        return catcher.recent(limit)
-
-    return get(
-        "/api/v1/dev/mail",
-        operation_id="listCaughtMail",
-        tags=["development"],
-        summary="Emails caught by the development SMTP catcher (development only)",
-        responses=error_responses(400),
-        opt={"public": True},
-        sync_to_thread=False,
-    )(list_caught_mail)
+        sender_wake_up: NamedDependency[SenderWakeUp],
+    ) -> Response[TestEmailQueued]:
+        queued = await service.queue_test_email(
+            db_session, tenant_id, requested_by=principal.subject
+        )
+        # After the response, i.e. after the request's transaction committed.
+        return Response(queued, status_code=202, background=BackgroundTask(sender_wake_up))

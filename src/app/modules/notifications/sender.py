@@ -20,13 +20,14 @@ Two kinds of retry:
 - the *server* is unavailable (connect, TLS or AUTH failed): the claimed emails are
   released without using up an attempt (their ``last_error`` says why) and the sender
   pauses with its own backoff (at most a minute) before it tries again. However long
-  SMTP is down, every email goes out once it is back, and none is sent twice.
+  SMTP is down, every email goes out once it is back, and none the server accepted is
+  sent again. (When the server's reply to a message is lost, the outbox cannot know it
+  was accepted and retries it: that copy has the same ``Message-ID``.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from email.message import EmailMessage
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
+from app.core.backoff import backoff_s
 from app.core.db import Database
 from app.core.errors import is_database_unavailable
 from app.modules.notifications import repository
@@ -59,12 +61,6 @@ def lease_for(timeout_s: float) -> float:
     """A lease that covers one bounded SMTP step (connect or one message: each at most
     ``4 * timeout_s``) plus the database writes around it; renewed before every message."""
     return timeout_s * 4 + LEASE_MARGIN_S
-
-
-def backoff_s(attempts: int, *, base_s: float, max_s: float) -> float:
-    """Exponential backoff with jitter: between half and all of ``base * 2^(n-1)``, capped."""
-    ceiling: float = min(max_s, base_s * 2.0 ** min(attempts - 1, 40))
-    return ceiling * random.uniform(0.5, 1.0)
 
 
 class SenderMetrics:
@@ -179,7 +175,10 @@ class OutboxSender:
     async def record_pending(self) -> None:
         """Write the ``sent`` state of emails accepted earlier (raises while the DB is away)."""
         for email in list(self.unrecorded.values()):
-            await self._write_sent(email)
+            with structlog.contextvars.bound_contextvars(
+                email_id=str(email.id), tenant_id=email.tenant_id
+            ):
+                await self._write_sent(email)
             del self.unrecorded[email.id]
 
     async def _deliver(self, claimed: Sequence[ClaimedEmail]) -> None:
@@ -188,30 +187,34 @@ class OutboxSender:
         unavailable: str | None = None
         try:
             for index, email in enumerate(claimed):
-                if self._stopping.is_set():
-                    break
-                if not connection.is_open:
+                # Every line logged for this email (the SMTP client's too) carries its id.
+                with structlog.contextvars.bound_contextvars(
+                    email_id=str(email.id), tenant_id=email.tenant_id
+                ):
+                    if self._stopping.is_set():
+                        break
+                    if not connection.is_open:
+                        try:
+                            await connection.open()
+                        except DeliveryError as exc:
+                            unavailable = exc.reason
+                            break
+                    if not await self._hold(claimed[index:]):
+                        break
                     try:
-                        await connection.open()
+                        await connection.send(self._compose(email), email.recipient)
                     except DeliveryError as exc:
-                        unavailable = exc.reason
-                        break
-                if not await self._hold(claimed[index:]):
-                    break
-                try:
-                    await connection.send(self._compose(email), email.recipient)
-                except DeliveryError as exc:
-                    if exc.at_connect:
-                        unavailable = exc.reason
-                        break
-                    await self._record_failure(email, exc)
-                    done += 1
-                else:
-                    # Accepted: from here on this email is never put back in the queue.
-                    done += 1
-                    self.server_failures = 0
-                    if not await self._record_sent(email):
-                        break
+                        if exc.at_connect:
+                            unavailable = exc.reason
+                            break
+                        await self._record_failure(email, exc)
+                        done += 1
+                    else:
+                        # Accepted: from here on this email is never put back in the queue.
+                        done += 1
+                        self.server_failures = 0
+                        if not await self._record_sent(email):
+                            break
         finally:
             # Untried emails go back without using an attempt (shielded: this also runs
             # when the task is cancelled, and must reach the database).
@@ -259,11 +262,7 @@ class OutboxSender:
             await self._write_sent(email)
         except Exception as exc:
             self.unrecorded[email.id] = email
-            log.warning(
-                "notifications.sent_state_deferred",
-                email_id=str(email.id),
-                error=type(exc).__name__,
-            )
+            log.warning("notifications.sent_state_deferred", error=type(exc).__name__)
             return False
         return True
 
@@ -275,13 +274,12 @@ class OutboxSender:
             await session.commit()
         if not held:
             # Another sender took the row over after our lease expired: nothing to write.
-            log.warning("notifications.sent_after_lease_lost", email_id=str(email.id))
+            log.warning("notifications.sent_after_lease_lost")
             return
         self.metrics.emails.labels(email.kind, "sent").inc()
+        # email_id and tenant_id come from the context bound per email (see _deliver).
         log.info(
             "email.sent",
-            email_id=str(email.id),
-            tenant_id=email.tenant_id,
             kind=email.kind,
             attempts=email.attempts,
         )
@@ -298,8 +296,6 @@ class OutboxSender:
         self.metrics.emails.labels(email.kind, "failed" if final else "retry").inc()
         (log.error if final else log.warning)(
             "email.failed" if final else "email.retry_scheduled",
-            email_id=str(email.id),
-            tenant_id=email.tenant_id,
             kind=email.kind,
             attempts=email.attempts,
             permanent=exc.permanent,

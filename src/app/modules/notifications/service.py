@@ -1,5 +1,6 @@
-"""The notifications module's public functions. Stateless: the caller's session is passed
-in and only flushed; the caller's transaction decides whether the email exists."""
+"""The notifications module's public functions. The caller's session is passed in and only
+flushed; the caller's transaction decides whether the email exists. One piece of process
+state: ``links.base_url`` (absolute links in emails), set by the lifespan hook at start-up."""
 
 from __future__ import annotations
 

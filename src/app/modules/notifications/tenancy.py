@@ -4,13 +4,14 @@ through the tenants module's public functions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import NotFound
-from app.modules.tenants import get_tenant, load_zone
+from app.core.timezones import UTC_ZONE, zone_or_utc
+from app.modules.tenants import get_tenant
 
 log = structlog.get_logger("app.notifications")
 
@@ -22,15 +23,6 @@ class TenantProfile:
     timezone: ZoneInfo
 
 
-async def zone(name: str) -> ZoneInfo:
-    """The tenant's zone, falling back to UTC (and saying so) if it cannot be loaded."""
-    try:
-        return await load_zone(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        log.warning("notifications.unknown_timezone", timezone=name, error=repr(exc))
-    return await load_zone("UTC")
-
-
 async def tenant_profile(
     session: AsyncSession, tenant_id: str, *, required: bool = False
 ) -> TenantProfile:
@@ -40,5 +32,7 @@ async def tenant_profile(
     except NotFound:
         if required:
             raise
-        return TenantProfile(id=tenant_id, name=tenant_id, timezone=await zone("UTC"))
-    return TenantProfile(id=tenant.id, name=tenant.name, timezone=await zone(tenant.timezone))
+        return TenantProfile(id=tenant_id, name=tenant_id, timezone=UTC_ZONE)
+    return TenantProfile(
+        id=tenant.id, name=tenant.name, timezone=await zone_or_utc(tenant.timezone)
+    )

@@ -3,7 +3,7 @@
 Public interface (sessions are passed in, the caller commits):
 ``create_tenant``, ``get_tenant``, ``list_tenants``, ``update_tenant``, ``delete_tenant``,
 ``tenant_exists``, ``get_tenant_config`` (timezone + conversion events),
-``tenant_timezones`` (many tenants in one query), ``load_zone``,
+``tenant_timezones`` (many tenants in one query) - a zone itself: ``app.core.timezones``,
 schemas ``Tenant``, ``TenantCreate``, ``TenantUpdate``, ``TenantSettings``, ``TenantConfig``.
 
 Tenant-owned tables elsewhere reference ``tenants.id`` with ``ON DELETE CASCADE``.
@@ -28,7 +28,6 @@ from app.modules.tenants.service import (
     get_tenant,
     get_tenant_config,
     list_tenants,
-    load_zone,
     tenant_exists,
     tenant_timezones,
     update_tenant,
@@ -50,7 +49,6 @@ __all__ = [
     "get_tenant",
     "get_tenant_config",
     "list_tenants",
-    "load_zone",
     "module",
     "tenant_exists",
     "tenant_timezones",

@@ -1,4 +1,5 @@
-"""Tenants: create, read, change, delete. Sessions are passed in; nothing commits here.
+"""Tenants: create, read, change, delete. Sessions are passed in; nothing commits here;
+the SQL is in :mod:`app.modules.tenants.repository`.
 
 Deleting a tenant deletes its row; every tenant-owned table references ``tenants.id``
 with ``ON DELETE CASCADE``, so PostgreSQL removes all of the tenant's data in the same
@@ -13,13 +14,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, Invalid, NotFound, is_database_unavailable
-from app.modules.tenants import models
+from app.modules.tenants import models, repository
 from app.modules.tenants.schemas import (
     DEFAULT_CONVERSION_EVENTS,
     Tenant,
@@ -53,8 +52,7 @@ async def validate_timezone(name: str, session: AsyncSession | None = None) -> s
         raise Invalid(f"{name!r} is not an IANA time zone (e.g. Europe/Berlin).", field="timezone")
     if session is not None:
         try:
-            async with session.begin_nested():
-                await session.execute(text("SELECT now() AT TIME ZONE :tz"), {"tz": name})
+            await repository.check_timezone(session, name)
         except DBAPIError as exc:
             if is_database_unavailable(exc):
                 raise
@@ -62,18 +60,6 @@ async def validate_timezone(name: str, session: AsyncSession | None = None) -> s
                 f"{name!r} is not a time zone this database knows.", field="timezone"
             ) from exc
     return name
-
-
-_zones: dict[str, zoneinfo.ZoneInfo] = {}
-
-
-async def load_zone(name: str) -> zoneinfo.ZoneInfo:
-    """A ``ZoneInfo`` for a tenant's timezone; the first load reads tz files off the loop."""
-    zone = _zones.get(name)
-    if zone is None:
-        zone = await asyncio.to_thread(zoneinfo.ZoneInfo, name)
-        _zones[name] = zone
-    return zone
 
 
 def _settings(raw: dict[str, Any] | None) -> TenantSettings:
@@ -95,18 +81,13 @@ def _to_schema(row: models.Tenant) -> Tenant:
 async def create_tenant(session: AsyncSession, data: TenantCreate) -> Tenant:
     """Insert a tenant. Conflict if the id is taken; Invalid for a bad timezone."""
     await validate_timezone(data.timezone, session)
-    statement = (
-        insert(models.Tenant)
-        .values(
-            id=data.id,
-            name=data.name,
-            timezone=data.timezone,
-            settings=msgspec.to_builtins(data.settings),
-        )
-        .on_conflict_do_nothing(index_elements=[models.Tenant.id])
-        .returning(models.Tenant)
+    row = await repository.insert_tenant(
+        session,
+        tenant_id=data.id,
+        name=data.name,
+        timezone=data.timezone,
+        settings=msgspec.to_builtins(data.settings),
     )
-    row = (await session.execute(statement)).scalar_one_or_none()
     if row is None:
         raise Conflict(f"A tenant {data.id!r} already exists.", extra={"tenant_id": data.id})
     return _to_schema(row)
@@ -114,7 +95,7 @@ async def create_tenant(session: AsyncSession, data: TenantCreate) -> Tenant:
 
 async def get_tenant(session: AsyncSession, tenant_id: str) -> Tenant:
     """The tenant, or NotFound."""
-    row = await session.get(models.Tenant, tenant_id)
+    row = await repository.get(session, tenant_id)
     if row is None:
         raise NotFound(f"No tenant {tenant_id!r}.")
     return _to_schema(row)
@@ -124,10 +105,7 @@ async def list_tenants(
     session: AsyncSession, *, limit: int = 50, cursor: str | None = None
 ) -> TenantPage:
     """Tenants ordered by id, ``limit`` at a time; pass ``next_cursor`` back for the next page."""
-    statement = select(models.Tenant).order_by(models.Tenant.id).limit(limit + 1)
-    if cursor is not None:
-        statement = statement.where(models.Tenant.id > cursor)
-    rows = list((await session.execute(statement)).scalars())
+    rows = list(await repository.page(session, limit=limit + 1, after=cursor))
     more = len(rows) > limit
     rows = rows[:limit]
     return TenantPage(
@@ -146,14 +124,7 @@ async def update_tenant(session: AsyncSession, tenant_id: str, data: TenantUpdat
         values["settings"] = msgspec.to_builtins(data.settings)
     if not values:
         return await get_tenant(session, tenant_id)
-    statement = (
-        update(models.Tenant)
-        .where(models.Tenant.id == tenant_id)
-        .values(**values, updated_at=func.now())
-        .returning(models.Tenant)
-        .execution_options(synchronize_session=False)
-    )
-    row = (await session.execute(statement)).scalar_one_or_none()
+    row = await repository.update_tenant(session, tenant_id, values)
     if row is None:
         raise NotFound(f"No tenant {tenant_id!r}.")
     return _to_schema(row)
@@ -161,15 +132,12 @@ async def update_tenant(session: AsyncSession, tenant_id: str, data: TenantUpdat
 
 async def delete_tenant(session: AsyncSession, tenant_id: str) -> None:
     """Delete the tenant and, through ON DELETE CASCADE, all of its data."""
-    statement = delete(models.Tenant).where(models.Tenant.id == tenant_id)
-    result = await session.execute(statement.returning(models.Tenant.id))
-    if result.scalar_one_or_none() is None:
+    if not await repository.delete_tenant(session, tenant_id):
         raise NotFound(f"No tenant {tenant_id!r}.")
 
 
 async def tenant_exists(session: AsyncSession, tenant_id: str) -> bool:
-    statement = select(models.Tenant.id).where(models.Tenant.id == tenant_id)
-    return (await session.execute(statement)).scalar_one_or_none() is not None
+    return await repository.exists(session, tenant_id)
 
 
 async def tenant_timezones(session: AsyncSession, tenant_ids: Iterable[str]) -> dict[str, str]:
@@ -177,16 +145,12 @@ async def tenant_timezones(session: AsyncSession, tenant_ids: Iterable[str]) -> 
     ids = sorted(set(tenant_ids))
     if not ids:
         return {}
-    statement = select(models.Tenant.id, models.Tenant.timezone).where(models.Tenant.id.in_(ids))
-    return {row.id: row.timezone for row in await session.execute(statement)}
+    return await repository.timezones(session, ids)
 
 
 async def get_tenant_config(session: AsyncSession, tenant_id: str) -> TenantConfig:
     """Timezone and settings of a tenant (for rollups, stats, digests); NotFound if absent."""
-    statement = select(models.Tenant.timezone, models.Tenant.settings).where(
-        models.Tenant.id == tenant_id
-    )
-    row = (await session.execute(statement)).one_or_none()
+    row = await repository.config_row(session, tenant_id)
     if row is None:
         raise NotFound(f"No tenant {tenant_id!r}.")
     settings = _settings(row.settings)

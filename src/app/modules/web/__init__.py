@@ -10,11 +10,15 @@ from the API with the token.
 from __future__ import annotations
 
 from app.modules import Module
-from app.modules.web.assets import web_lifespan
+from app.modules.web.deps import dependencies
+from app.modules.web.lifespan import web_lifespan
 from app.modules.web.routes import StaticController, WebController
 
 module = Module(
-    name="web", route_handlers=[WebController, StaticController], lifespan=[web_lifespan]
+    name="web",
+    route_handlers=[WebController, StaticController],
+    dependencies=dependencies,
+    lifespan=[web_lifespan],
 )
 
 __all__ = ["module"]

@@ -7,18 +7,9 @@ each gets a strong ETag for cheap revalidation.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import structlog
-from litestar import Litestar
-
-log = structlog.get_logger("app.web")
 
 STATIC_DIR = Path(__file__).parent / "static"
 MEDIA_TYPES = {
@@ -47,11 +38,3 @@ def read_assets(directory: Path = STATIC_DIR) -> dict[str, Asset]:
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         assets[path.name] = Asset(body=body, media_type=media_type, etag=etag)
     return assets
-
-
-@asynccontextmanager
-async def web_lifespan(app: Litestar) -> AsyncIterator[None]:
-    state: Any = app.state
-    state.web_assets = await asyncio.to_thread(read_assets)
-    log.info("web.assets_loaded", files=len(state.web_assets))
-    yield

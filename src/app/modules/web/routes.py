@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, get
-from litestar.datastructures import CacheControlHeader, State
+from litestar.datastructures import CacheControlHeader
+from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from app.core.errors import NotFound, Unavailable, error_responses
@@ -17,7 +18,7 @@ from app.core.settings import Settings
 from app.modules.web.assets import Asset
 from app.modules.web.page import SHELL
 from app.modules.web.schemas import SignInConfig
-from app.modules.web.service import content_security_policy, sign_in_config
+from app.modules.web.service import IssuerSources, content_security_policy, sign_in_config
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -27,10 +28,11 @@ SECURITY_HEADERS = {
 }
 
 
-async def _shell(request: Request[Any, Any, Any], state: State) -> Response[str]:
-    settings: Settings = state.settings
+async def _shell(
+    request: Request[Any, Any, Any], settings: Settings, sources: IssuerSources
+) -> Response[str]:
     try:
-        config = await sign_in_config(settings, state, str(request.base_url))
+        config = await sign_in_config(settings, sources, str(request.base_url))
     except Unavailable:
         # The page still loads; the script asks /web/config and shows the reason.
         config = None
@@ -55,8 +57,13 @@ class WebController(Controller):
         summary="The dashboard (HTML)",
         responses=error_responses(503),
     )
-    async def page(self, request: Request[Any, Any, Any], state: State) -> Response[str]:
-        return await _shell(request, state)
+    async def page(
+        self,
+        request: Request[Any, Any, Any],
+        settings: NamedDependency[Settings],
+        issuer_sources: NamedDependency[IssuerSources],
+    ) -> Response[str]:
+        return await _shell(request, settings, issuer_sources)
 
     @get(
         "/web/config",
@@ -65,9 +72,13 @@ class WebController(Controller):
         responses=error_responses(404, 503),
         cache_control=CacheControlHeader(no_store=True),
     )
-    async def config(self, request: Request[Any, Any, Any], state: State) -> SignInConfig:
-        settings: Settings = state.settings
-        config = await sign_in_config(settings, state, str(request.base_url))
+    async def config(
+        self,
+        request: Request[Any, Any, Any],
+        settings: NamedDependency[Settings],
+        issuer_sources: NamedDependency[IssuerSources],
+    ) -> SignInConfig:
+        config = await sign_in_config(settings, issuer_sources, str(request.base_url))
         if config is None:
             raise NotFound("No identity provider is configured (set PULSE_OIDC_ISSUER).")
         return config
@@ -88,10 +99,12 @@ class StaticController(Controller):
         responses=error_responses(404),
     )
     async def asset(
-        self, request: Request[Any, Any, Any], state: State, file_name: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        web_assets: NamedDependency[dict[str, Asset]],
+        file_name: FromPath[str],
     ) -> Response[bytes]:
-        assets: dict[str, Asset] = getattr(state, "web_assets", {})
-        found = assets.get(file_name)
+        found = web_assets.get(file_name)
         if found is None:
             raise NotFound(f"No static file {file_name!r}.")
         headers = {

@@ -2,56 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
-import msgspec
 import structlog
 
 from app.core.errors import Unavailable
+from app.core.openapi import DEV_ISSUER_PATH
 from app.core.settings import Settings
+from app.modules.auth import OidcDiscovery
 from app.modules.web.schemas import SignInConfig
 
 log = structlog.get_logger("app.web")
 
-DISCOVERY_TTL_S = 3600.0
-DISCOVERY_TIMEOUT_S = 5.0
-DEV_ISSUER_PATH = "/dev-issuer"
 SCOPE = "openid profile"
-
-
-@dataclass
-class DiscoveryCache:
-    """The real issuer's discovery document, fetched on first use and kept for an hour."""
-
-    document: dict[str, Any] | None = None
-    fetched_at: float = 0.0
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    async def get(self, http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
-        if self.document is not None and time.monotonic() - self.fetched_at < DISCOVERY_TTL_S:
-            return self.document
-        async with self.lock:
-            if self.document is not None and time.monotonic() - self.fetched_at < DISCOVERY_TTL_S:
-                return self.document
-            url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-            try:
-                async with asyncio.timeout(DISCOVERY_TIMEOUT_S):
-                    response = await http.get(url)
-                response.raise_for_status()
-                document = msgspec.json.decode(response.content, type=dict[str, Any])
-            except (httpx.HTTPError, TimeoutError, msgspec.DecodeError) as exc:
-                log.warning("web.discovery_failed", issuer=issuer, error=str(exc))
-                if self.document is not None:
-                    return self.document  # stale beats nothing
-                raise Unavailable("The identity provider cannot be reached.") from None
-            self.document = document
-            self.fetched_at = time.monotonic()
-            return document
 
 
 def _origin(url: str) -> str:
@@ -59,7 +24,15 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-async def sign_in_config(settings: Settings, state: Any, base_url: str) -> SignInConfig | None:
+@dataclass(frozen=True)
+class IssuerSources:
+    development_issuer: str | None  # the in-process development issuer's URL, if it runs
+    discovery: OidcDiscovery | None  # the configured issuer's discovery document (auth)
+
+
+async def sign_in_config(
+    settings: Settings, sources: IssuerSources, base_url: str
+) -> SignInConfig | None:
     """The endpoints the browser uses, or None when no issuer is configured at all.
 
     The development issuer is addressed through the origin the browser is on, so that
@@ -67,10 +40,10 @@ async def sign_in_config(settings: Settings, state: Any, base_url: str) -> SignI
     """
     client_id = settings.oidc_web_client_id
     base = base_url.rstrip("/")
-    if getattr(state, "dev_issuer", None) is not None and not settings.oidc_issuer:
+    if sources.development_issuer is not None and not settings.oidc_issuer:
         prefix = base + DEV_ISSUER_PATH
         return SignInConfig(
-            issuer=state.dev_issuer.issuer,
+            issuer=sources.development_issuer,
             client_id=client_id,
             authorization_endpoint=prefix + "/authorize",
             token_endpoint=prefix + "/token",
@@ -80,11 +53,14 @@ async def sign_in_config(settings: Settings, state: Any, base_url: str) -> SignI
         )
     if not settings.oidc_issuer:
         return None
-    cache: DiscoveryCache | None = getattr(state, "web_discovery", None)
-    if cache is None:
-        cache = DiscoveryCache()
-        state.web_discovery = cache
-    document = await cache.get(state.http, settings.oidc_issuer)
+    discovery = sources.discovery
+    if discovery is None:
+        raise Unavailable("The identity provider cannot be reached.")
+    try:
+        # The auth module's copy: fetched once (with its key cache), kept for an hour.
+        document = await discovery.document()
+    except (httpx.HTTPError, TimeoutError, ValueError):
+        raise Unavailable("The identity provider cannot be reached.") from None
     authorize = document.get("authorization_endpoint")
     token = document.get("token_endpoint")
     if not isinstance(authorize, str) or not isinstance(token, str):

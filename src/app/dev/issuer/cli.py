@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from app.core.settings import Settings, SettingsError
-from app.modules.auth.dev_issuer import DevIssuer, DevIssuerRefused
+from app.dev.issuer import DevIssuer, DevIssuerRefused
 
 
 def token_command(settings: Settings, args: argparse.Namespace) -> int:

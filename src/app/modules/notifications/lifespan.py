@@ -1,4 +1,4 @@
-"""The module's lifespan: development catcher, outbox sender and digest scheduler."""
+"""The module's lifespan: outbox sender and digest scheduler."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from litestar import Litestar
 from app.core.db import Database
 from app.core.settings import Settings
 from app.core.tasks import BackgroundTasks
-from app.modules.notifications.catcher import MailCatcher, dev_mail_page_handler
 from app.modules.notifications.digest import DigestScheduler
-from app.modules.notifications.routes import dev_mail_handler
 from app.modules.notifications.sender import OutboxSender
 from app.modules.notifications.service import links
 from app.modules.notifications.smtp import SmtpTarget, target_from_settings
@@ -23,26 +21,19 @@ from app.modules.notifications.smtp import SmtpTarget, target_from_settings
 log = structlog.get_logger("app.notifications")
 
 
-async def _delivery_target(
-    app: Litestar, settings: Settings, stack: AsyncExitStack
-) -> SmtpTarget | None:
+async def _delivery_target(app: Litestar, settings: Settings) -> SmtpTarget | None:
     if settings.smtp_host:
         return await target_from_settings(settings)
-    if settings.env != "development":
+    # In development (no PULSE_SMTP_HOST) app.dev starts a catcher before this hook.
+    catcher_port: int | None = getattr(app.state, "dev_smtp_port", None)
+    if catcher_port is None:
         log.warning(
             "notifications.smtp_not_configured",
             detail="PULSE_SMTP_HOST is unset: emails stay queued in the outbox until it is set",
         )
         return None
-    catcher = MailCatcher()
-    port = await catcher.start(settings.smtp_catcher_port)
-    stack.push_async_callback(catcher.stop)
-    app.state.mail_catcher = catcher
-    # Registered only here, so the route does not exist outside development.
-    app.register(dev_mail_handler())
-    app.register(dev_mail_page_handler())
     return await target_from_settings(
-        settings, host="127.0.0.1", port=port, security="none", with_auth=False
+        settings, host="127.0.0.1", port=catcher_port, security="none", with_auth=False
     )
 
 
@@ -62,7 +53,7 @@ async def notifications_lifespan(app: Litestar) -> AsyncIterator[None]:
     tasks: BackgroundTasks = app.state.tasks
     links.base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
     async with AsyncExitStack() as stack:
-        target = await _delivery_target(app, settings, stack)
+        target = await _delivery_target(app, settings)
         sender: OutboxSender | None = None
         if target is not None:
             sender = OutboxSender(
@@ -77,7 +68,8 @@ async def notifications_lifespan(app: Litestar) -> AsyncIterator[None]:
             )
             app.state.notifications_sender = sender
             task = tasks.spawn(sender.run(), name="notifications-sender")
-            # Stops before the catcher (LIFO): the message in flight may finish.
+            # Stops before app.dev's catcher (its hook exits later): the message in flight
+            # may finish.
             stack.push_async_callback(
                 _stop, task, sender.stop, min(settings.shutdown_grace_s, target.timeout_s * 4)
             )

@@ -31,10 +31,12 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie, State
 from litestar.response import Redirect
 
-from app.core.errors import NotFound, error_responses
+from app.core.errors import error_responses
+from app.core.openapi import DEV_ISSUER_PATH
 from app.core.settings import Settings
-from app.modules.auth.dev_issuer import DEV_ISSUER_PATH, DevIssuer, DevIssuerRefused
-from app.modules.auth.principal import ROLES
+from app.dev.issuer import DevIssuer, DevIssuerRefused
+from app.dev.issuer.routes import running_dev_issuer
+from app.modules.auth import ROLES
 
 log = structlog.get_logger("app.auth")
 
@@ -118,9 +120,7 @@ class DevSignIn:
 
 
 def _running(state: State) -> tuple[DevIssuer, DevSignIn]:
-    issuer: DevIssuer | None = getattr(state, "dev_issuer", None)
-    if issuer is None:
-        raise NotFound("The development issuer is not running.")
+    issuer = running_dev_issuer(state)
     sign_in: DevSignIn | None = getattr(state, "dev_sign_in", None)
     if sign_in is None:
         sign_in = DevSignIn()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -23,6 +23,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from litestar import Response, get
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import QueryParameter
+
+from app.core.errors import error_responses
 
 log = structlog.get_logger("app.notifications.catcher")
 
@@ -172,3 +175,25 @@ def dev_mail_page_handler() -> HTTPRouteHandler:
         include_in_schema=False,
         sync_to_thread=False,
     )(caught_mail_page)
+
+
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
+
+
+def dev_mail_handler() -> HTTPRouteHandler:
+    """A new handler for the development mailbox, registered by the lifespan only while the
+    catcher runs (one per app, so several apps in one process do not share it)."""
+
+    def list_caught_mail(state: State, limit: Limit = 50) -> list[CaughtMessage]:
+        catcher: MailCatcher = state.mail_catcher
+        return catcher.recent(limit)
+
+    return get(
+        "/api/v1/dev/mail",
+        operation_id="listCaughtMail",
+        tags=["development"],
+        summary="Emails caught by the development SMTP catcher (development only)",
+        responses=error_responses(400),
+        opt={"public": True},
+        sync_to_thread=False,
+    )(list_caught_mail)

@@ -20,21 +20,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from app.core.openapi import DEV_ISSUER_PATH
 from app.core.settings import Settings
-from app.modules.auth.claims import ClaimMapping
-from app.modules.auth.jwks import KeySet, parse_jwks
+from app.modules.auth import ClaimMapping, KeySet, parse_jwks
 
-DEV_ISSUER_PATH = "/dev-issuer"
 DEV_ALGORITHM = "ES256"
 KEY_FILE = Path("dev-issuer") / "signing-key.pem"
 
 
 class DevIssuerRefused(Exception):
     """The development issuer cannot run with these settings."""
-
-
-def dev_issuer_enabled(settings: Settings) -> bool:
-    return settings.env == "development" and not settings.oidc_issuer
 
 
 def ensure_allowed(settings: Settings) -> None:
@@ -122,7 +117,7 @@ class DevIssuer:
             "jwks_uri": self.issuer + "/jwks.json",
             "id_token_signing_alg_values_supported": [DEV_ALGORITHM],
             "subject_types_supported": ["public"],
-            # Sign-in for the web dashboard: app.modules.auth.dev_authorize.
+            # Sign-in for the web dashboard: app.dev.issuer.authorize.
             "authorization_endpoint": self.issuer + "/authorize",
             "token_endpoint": self.issuer + "/token",
             "end_session_endpoint": self.issuer + "/logout",

@@ -1,0 +1,29 @@
+"""The event store's rules, written once: which dimensions exist (and their rollup ids) and
+what makes a session engaged. A leaf module (it imports nothing of the event store), so the
+rollup refresh and the query engine can both import it without a cycle.
+"""
+
+from __future__ import annotations
+
+# Dimension name -> rollup dimension id (0 is the "all events" total). The rollup refresh
+# groups by them in this order.
+DIMENSIONS: dict[str, int] = {
+    "event_name": 1,
+    "page_path": 2,
+    "country": 3,
+    "city": 4,
+    "device_category": 5,
+    "os": 6,
+    "browser": 7,
+    "source": 8,
+    "medium": 9,
+    "campaign": 10,
+}
+TOTAL_DIMENSION = 0
+
+# GA4: an engaged session lasted 10 s or more, had two or more page views, had a
+# conversion, or was flagged engaged by the collector.
+ENGAGED_MIN_MSEC = 10_000
+ENGAGED_MIN_PAGEVIEWS = 2
+PAGE_VIEW = "page_view"
+FIRST_VISIT = "first_visit"
