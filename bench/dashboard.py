@@ -353,6 +353,8 @@ def _statement_kind(line: str) -> str | None:
                 return "transaction"
             if word in ("", "SELECT 1", "ROLLBACK"):
                 return "ping"
+            if word.startswith("SELECT SET_CONFIG('PULSE."):
+                return "tenant binding"  # row-level security context (core/db.py)
             return "query"
     return None
 
@@ -393,7 +395,11 @@ def count_statements(
         try:
             exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'bench_count'")
             if not exists:
-                await conn.execute("CREATE ROLE bench_count LOGIN SUPERUSER")
+                await conn.execute("CREATE ROLE bench_count LOGIN")
+            # Like the app's own role (row-level security applies, so the tenant
+            # bindings are counted too); only its statements are logged.
+            await conn.execute("ALTER ROLE bench_count NOSUPERUSER NOBYPASSRLS")
+            await conn.execute("GRANT pulse_app TO bench_count")
             await conn.execute("ALTER ROLE bench_count SET log_statement = 'all'")
         finally:
             await conn.close()

@@ -44,6 +44,9 @@ DATASET_FORMAT = 2
 CHUNK_DAYS = 7
 
 
+# The login role Pulse processes use (member of the migrations' group role pulse_app).
+APP_ROLE = "pulse_bench_app"
+
 DATA_FIELDS = ("days", "sessions_per_day", "small_sessions_per_day", "seed_block_days")
 
 
@@ -59,6 +62,13 @@ class Dataset:
     @property
     def asyncpg_dsn(self) -> str:
         return f"postgresql://postgres@/postgres?host={self.socket_dir}"
+
+    @property
+    def app_url(self) -> str:
+        """What a Pulse process under test connects as: a login role that owns nothing,
+        is no superuser and may not bypass row-level security, as in production (the
+        README's database roles), so the policies' cost is in every figure."""
+        return self.url.replace("://postgres@", f"://{APP_ROLE}@", 1)
 
 
 def code_version(profile: Profile) -> str:
@@ -211,6 +221,18 @@ def _stop_stale_server(data_dir: Path) -> None:
         time.sleep(0.2)
 
 
+async def _ensure_app_role(url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE):
+            await conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS")
+        await conn.execute(f"GRANT pulse_app TO {APP_ROLE}")
+    finally:
+        await conn.close()
+
+
 def prepare(profile: Profile, log: Any, *, rebuild: bool = False) -> Dataset:
     """Start the profile's PostgreSQL; build the data set unless a matching one is cached."""
     from app.core.embedded_pg import start_embedded_postgres
@@ -251,6 +273,7 @@ def prepare(profile: Profile, log: Any, *, rebuild: bool = False) -> Dataset:
     else:
         log(f"reusing the cached {profile.name} data set built {meta['built_at']}")
         upgrade_to_head(url)
+    asyncio.run(_ensure_app_role(url))
     return Dataset(
         url=url,
         socket_dir=socket_dir,

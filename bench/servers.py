@@ -131,7 +131,7 @@ def pulse_env(dataset: Dataset, issuer: Issuer, port: int, **overrides: str) -> 
             "PULSE_ENV": "production",
             "PULSE_HOST": "127.0.0.1",
             "PULSE_PORT": str(port),
-            "PULSE_DATABASE_URL": dataset.url,
+            "PULSE_DATABASE_URL": dataset.app_url,
             "PULSE_SECRET_KEY": "bench-secret-key-not-for-production",
             "PULSE_DATA_DIR": str(DATA_ROOT / "pulse"),
             "PULSE_LOG_FORMAT": "json",
@@ -146,6 +146,9 @@ def pulse_env(dataset: Dataset, issuer: Issuer, port: int, **overrides: str) -> 
             # The benchmark measures capacity, not the per-tenant rate limit.
             "PULSE_STATS_RATE_LIMIT_PER_MINUTE": "1000000000",
             "PULSE_INGEST_POLL_INTERVAL_S": "0.5",
+            # The bench's SFTP server and BigQuery fake listen on loopback, which a
+            # production Pulse refuses to reach unless the operator allows it.
+            "PULSE_OUTBOUND_ALLOW": "127.0.0.1/32",
         }
     )
     env.update(overrides)
