@@ -177,6 +177,7 @@ class SlowBigQuery:
 
 async def extract(endpoint: str, day: date, names: list[str], executor: ThreadPoolExecutor) -> int:
     """One extraction of ``names`` through the connector; the number of rows read."""
+    from app.core.outbound import OutboundPolicy
     from app.modules.ingestion.connectors import get_connector
     from app.modules.ingestion.connectors.base import DateWindow, ExtractContext
 
@@ -200,6 +201,8 @@ async def extract(endpoint: str, day: date, names: list[str], executor: ThreadPo
         executor=executor,
         window=DateWindow(day, day),
         batch_rows=ROWS_PER_PAGE,
+        # The fake listens on loopback: allowed as an operator would (PULSE_OUTBOUND_ALLOW).
+        outbound=OutboundPolicy.from_allow_list("127.0.0.1/32"),
     )
     rows = 0
     async with asyncio.timeout(600):

@@ -366,8 +366,8 @@ class Report:
             "endpoint's first 10 windows are requested once (uncached: first sight) and "
             "again (cached), and the statements PostgreSQL logged meanwhile are counted per "
             "request. Queries are the widget's own statements and the per-request lookups; "
-            "BEGIN/COMMIT is transaction ceremony (including the BEGIN of each pre-ping); "
-            "pings count the pool's pre-pings by their ROLLBACK (the ping's own empty "
+            "BEGIN/COMMIT is transaction ceremony; pings count ROLLBACKs and pre-ping-like "
+            "statements (Pulse no longer pre-pings; the ping's own empty "
             "statement is not logged by PostgreSQL, so each ping is one more round trip "
             "than counted). The engine's single "
             "statement per widget is also asserted by "
@@ -421,8 +421,9 @@ class Report:
             self.add(
                 "Where a request sends more than its target: the widget's own query is one "
                 "statement (the test above); the rest are what the request path still looks "
-                "up per request (the tenant's settings, the data version, the rollup state), "
-                "the transaction around them (BEGIN/COMMIT) and the pool's pre-ping.",
+                "up once per tenant and process (its facts: settings, data version, rollup "
+                "state, cached afterwards and invalidated by NOTIFY), with a row-level-security "
+                "binding when the connection served another tenant before.",
                 "",
             )
 
