@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from litestar import Litestar
 
+from app.core import logging as logging_module
 from app.core.logging import configure_logging
 from app.core.settings import Settings
 from app.modules.tenants import service as tenants_service
@@ -149,3 +151,30 @@ async def test_an_unhandled_error_is_logged_with_its_class_traceback_and_request
         [line] = [x for x in output.splitlines() if "http.unhandled_error" in x]
         assert f"request_id={request_id}" in line
         assert f"exc_type={__name__}.ForcedFault" in line
+
+
+def test_an_event_below_the_level_runs_no_processor(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filtering comes first: a debug line on a hot path costs a level check, not the
+    processor chain (time stamp, context variables, exception capture)."""
+    seen: list[str] = []
+
+    def spy(_logger: Any, _method: str, event_dict: Any) -> Any:
+        seen.append(event_dict["event"])
+        return event_dict
+
+    monkeypatch.setattr(
+        "app.core.logging._SHARED_PROCESSORS",
+        [spy, *logging_module._SHARED_PROCESSORS],
+    )
+    configure_logging(make_settings(database_url, log_level="WARNING"))
+    try:
+        log = structlog.get_logger("app.test.filtering")
+        log.debug("quiet.event")
+        log.info("quiet.too")
+        log.warning("loud.event")
+        assert seen == ["loud.event"]
+    finally:
+        monkeypatch.undo()
+        configure_logging(make_settings(database_url))

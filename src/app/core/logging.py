@@ -161,6 +161,9 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
 
     structlog.configure(
         processors=[
+            # First: an event below its logger's level costs one level check, not the
+            # chain (a debug line on the stats hot path took 6% of a cached answer).
+            structlog.stdlib.filter_by_level,
             *_SHARED_PROCESSORS,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
