@@ -80,6 +80,10 @@ async def test_frozen_database_answers_503_within_the_request_bound_then_recover
     )
     app = create_app(settings)
     async with serve_in_process(app) as http:
+        # The listener's first connection resynchronises (drops what is cached): let it
+        # connect before the answer that must stay cached is cached.
+        async with asyncio.timeout(30):
+            await app.state.notify.wait_live()
         assert (await http.get(CACHED, headers=viewer)).status_code == 200
         pids = await asyncio.to_thread(postgres_processes, pg.data_dir)
         try:

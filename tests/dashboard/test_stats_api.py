@@ -415,6 +415,8 @@ async def test_cache_hits_until_an_import_commits(
     viewer: dict[str, str],
 ) -> None:
     await _seed_march(make_tenant, load)
+    # The listener's first connection drops whatever is cached: let it connect first.
+    await settle(app, db_sessions)
     body = {"metrics": ["events", "users"], "date_range": ["2026-03-10", "2026-03-11"]}
     first = await client.post(QUERY, json=body, headers=viewer)
     assert first.headers["x-cache"] == "miss"
