@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -28,20 +26,6 @@ def serve(settings: Settings, clean_tables: None) -> Serve:
             yield app, http
 
     return run
-
-
-async def wait_until(condition: Callable[[], Any], *, timeout_s: float = 10.0) -> None:
-    """Poll ``condition`` (sync or async) until it is truthy, failing after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,7 +10,8 @@ import uuid
 import httpx
 import jwt
 
-from tests.auth.conftest import Serve, wait_until
+from tests.auth.conftest import Serve
+from tests.fixtures.notify import wait_until
 from tests.fixtures.oidc import OidcIssuer
 
 ME = "/api/v1/me"

@@ -8,7 +8,7 @@ import pytest
 
 from app.modules.auth.errors import IdentityProviderUnavailable, InvalidToken
 from app.modules.auth.jwks import NEGATIVE_CACHE_MAX, JwksCache, KeySet, cache_ttl, parse_jwks
-from tests.auth.conftest import wait_until
+from tests.fixtures.notify import wait_until
 from tests.fixtures.oidc import OidcIssuer
 
 
