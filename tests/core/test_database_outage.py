@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
-
-from app.core.migrations import upgrade_to_head
 from app.main import create_app
 from tests.conftest import make_settings, serve_in_process
-from tests.fixtures.postgres import EmbeddedPostgres, temp_pg_dir
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
-    pg = EmbeddedPostgres(await asyncio.to_thread(temp_pg_dir, "pulse-outage-pg-"))
-    url = await asyncio.to_thread(pg.start)
-    await asyncio.to_thread(upgrade_to_head, url)
-    try:
-        yield pg, url
-    finally:
-        await asyncio.to_thread(pg.cleanup)
+from tests.fixtures.postgres import EmbeddedPostgres
 
 
 async def test_outage_answers_503_then_recovers_without_restart(

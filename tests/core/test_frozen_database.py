@@ -8,37 +8,22 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.core.db import async_url
-from app.core.migrations import upgrade_to_head
 from app.main import create_app
 from app.modules.events import load_events
 from app.modules.tenants import TenantCreate, create_tenant
 from tests.conftest import make_settings, serve_in_process
 from tests.fixtures.events import make_event
-from tests.fixtures.postgres import EmbeddedPostgres, temp_pg_dir
+from tests.fixtures.postgres import EmbeddedPostgres
 
 BASE = "/api/v1/tenants/acme/stats"
 CACHED = f"{BASE}/summary?date_range=2026-03-01,2026-03-31"
-
-
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
-    # Its own server: freezing the suite's shared one would stall every other test.
-    pg = EmbeddedPostgres(await asyncio.to_thread(temp_pg_dir, "pulse-frozen-pg-"))
-    url = await asyncio.to_thread(pg.start)
-    await asyncio.to_thread(upgrade_to_head, url)
-    try:
-        yield pg, url
-    finally:
-        await asyncio.to_thread(pg.cleanup)
 
 
 def postgres_processes(data_dir: Path) -> list[int]:
