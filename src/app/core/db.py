@@ -219,6 +219,23 @@ async def bind_tenant(conn: AsyncConnection, tenant_id: str) -> None:
     conn.info[_BOUND_TENANT] = tenant_id
 
 
+async def retry_if_connection_died(attempt: Callable[[], Awaitable[T]]) -> T:
+    """``attempt()``, run once more when its connection turned out to be dead.
+
+    Connections are not pinged on checkout: the first statement on a pooled connection
+    the server dropped (a restart since) fails, and SQLAlchemy invalidates it and every
+    older pooled one. An idempotent attempt is then worth one retry on a fresh
+    connection; any other error, or a second failure, propagates.
+    """
+    try:
+        return await attempt()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.info("db.retried_on_fresh_connection", error=type(exc.orig).__name__)
+    return await attempt()
+
+
 class Database:
     """Owns the process's engine and session factory."""
 
@@ -323,16 +340,13 @@ class Database:
         statements) shares the one bound, so a database that stops answering costs a
         request at most ``PULSE_DB_REQUEST_TIMEOUT_S`` and then a ``TimeoutError``.
         """
+
+        async def attempt() -> T:
+            async with self.read_session(tenant_id) as session:
+                return await read(session)
+
         async with asyncio.timeout(self.request_timeout_s):
-            for attempt in (1, 2):
-                try:
-                    async with self.read_session(tenant_id) as session:
-                        return await read(session)
-                except DBAPIError as exc:
-                    if attempt == 2 or not exc.connection_invalidated:
-                        raise
-                    log.info("db.read_retried", error=type(exc.orig).__name__)
-        raise AssertionError("unreachable")  # pragma: no cover
+            return await retry_if_connection_died(attempt)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -9,9 +9,8 @@ import msgspec
 import structlog
 from litestar import Controller, Response, get
 from litestar.datastructures import State
-from sqlalchemy.exc import DBAPIError
 
-from app.core.db import Database
+from app.core.db import Database, retry_if_connection_died
 from app.core.errors import PROBLEM_JSON, error_responses, is_database_unavailable
 from app.core.migrations import current_revisions
 
@@ -55,17 +54,14 @@ async def check_database(state: State) -> list[str]:
 
 
 async def _revisions(db: Database) -> frozenset[str]:
-    """The schema's revisions. Connections are not pinged on checkout: a pooled one that
-    died with a database restart fails its first statement, is invalidated (with every
-    older one), and the check is retried once on a fresh connection."""
-    for attempt in (1, 2):
-        try:
-            async with db.engine.connect() as conn:
-                return await current_revisions(conn)
-        except DBAPIError as exc:
-            if attempt == 2 or not exc.connection_invalidated:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    """The schema's revisions; retried once if the pooled connection died with a
+    database restart (see :func:`app.core.db.retry_if_connection_died`)."""
+
+    async def attempt() -> frozenset[str]:
+        async with db.engine.connect() as conn:
+            return await current_revisions(conn)
+
+    return await retry_if_connection_died(attempt)
 
 
 class HealthController(Controller):
