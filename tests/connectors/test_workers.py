@@ -184,6 +184,22 @@ async def test_the_pool_replaces_a_dead_worker_and_stops_its_processes_at_close(
         await pool.run(os.getpid)
 
 
+async def test_a_hung_worker_call_times_out_and_the_workers_are_replaced() -> None:
+    pool = WorkerPool(1, call_timeout_s=0.5)
+    await pool.start()
+    try:
+        (hung,) = pool.pids()
+        with pytest.raises(WorkerLost, match=r"ran for more than 0\.5 s"):
+            await pool.run(signal.pause)  # never returns by itself
+        assert not _alive(hung)
+        fresh = await pool.run(os.getpid)
+        assert fresh != hung
+        # Workers run below the app process's priority.
+        assert os.getpriority(os.PRIO_PROCESS, fresh) == os.getpriority(os.PRIO_PROCESS, 0) + 10
+    finally:
+        await pool.close()
+
+
 async def test_a_new_tenants_first_import_is_analysed_and_a_raw_events_query_answers(
     client: httpx.AsyncClient,
     ingest: IngestKit,

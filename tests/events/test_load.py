@@ -22,6 +22,7 @@ from app.modules.events import (
     to_canonical,
 )
 from app.modules.events.rollups import RELATIVE_ERROR, merge_sketches, rebuild_rollups
+from app.modules.events.schema import MAX_TEXT
 from app.modules.tenants import TenantCreate, create_tenant
 from tests.fixtures.ingestion import fast_settings
 
@@ -236,12 +237,36 @@ async def test_a_load_waits_for_the_tenant_lock_with_a_deadline_and_says_so(
     assert result.inserted == 1
 
 
-async def test_copy_text_round_trips_awkward_values(db: Database) -> None:
-    """Tabs, newlines, backslashes, quotes and JSON survive the COPY text format."""
-    awkward = 'a\tb\nc\\d"e\r'
+def test_text_limits_name_the_field_whatever_the_other_fields_hold() -> None:
+    """Each text field may hold MAX_TEXT characters, however long the row is in all;
+    one field over the limit is rejected by name."""
+    full = "x" * MAX_TEXT
+    event = _event(1, page_path=full, page_title=full, referrer=full, city="\x1b\u2028é")
+    assert (event.page_path, event.city) == (full, "\x1b\u2028é")
+    with pytest.raises(RowRejected) as info:
+        _event(1, page_path="short", page_title=full + "y")
+    assert info.value.reason == "page_title is too long or contains NUL"
+    with pytest.raises(RowRejected) as info:
+        _event(1, page_path=full, campaign="a\x00")
+    assert info.value.reason == "campaign is too long or contains NUL"
+
+
+@pytest.mark.parametrize(
+    "awkward",
+    [
+        'a\tb\nc\\d"e\r',  # every character COPY's text format escapes, and a quote
+        "back\\slash only",  # printable, but still escaped
+        "\x1b[0m \x0b\x0c \u2028 \u00e9 \U0001f600",  # not printable, not escaped by COPY
+        "plain",
+    ],
+)
+async def test_copy_text_round_trips_awkward_values(db: Database, awkward: str) -> None:
+    """Tabs, newlines, backslashes, quotes, control characters and JSON survive the COPY
+    text format, in every kind of column."""
     event = _event(
         1,
         page_path=awkward,
+        city=awkward,
         properties={"k": awkward, "n": [1, 2]},
         revenue="12.50",
         session_engaged=False,
@@ -253,12 +278,13 @@ async def test_copy_text_round_trips_awkward_values(db: Database) -> None:
         row = (
             await session.execute(
                 text(
-                    "SELECT page_path, properties, revenue, session_engaged,"
+                    "SELECT page_path, city, properties, revenue, session_engaged,"
                     " engagement_time_msec, user_id FROM events WHERE tenant_id = 'acme'"
                 )
             )
         ).one()
     assert row.page_path == awkward
+    assert row.city == awkward
     assert row.properties == {"k": awkward, "n": [1, 2]}
     assert row.revenue == Decimal("12.50")
     assert row.session_engaged is False

@@ -133,10 +133,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ingest_test_timeout_s: PositiveFloat = 15.0
     # Worker processes parsing and validating imported rows (0: one per CPU core).
     ingest_workers: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    # A worker call (a chunk of a file, a synthetic day, a page) running longer is hung.
+    ingest_worker_timeout_s: PositiveFloat = 300.0
     # Longest wait of a load for its turn behind other loads of the same tenant.
     ingest_load_lock_wait_s: PositiveFloat = 300.0
     # A run that loaded at least this many rows refreshes the planner's statistics.
     ingest_analyze_min_rows: PositiveInt = 10_000
+    # PostgreSQL work_mem of an import's transaction (its rollup aggregates), in MiB.
+    ingest_work_mem_mb: Annotated[int, msgspec.Meta(ge=4, le=4096)] = 64
 
     # --- dashboard -----------------------------------------------------------
     # A token bucket per tenant (per process): refills at this rate, holds up to the burst.

@@ -45,8 +45,9 @@ def _pid() -> int:
 
 
 def _init_worker(nice: int) -> None:
-    # Below the app process: when the cores are busy, a request's work (and the loop
-    # that feeds the workers) goes first and the bulk work takes what is left.
+    # Well below the app process (nice 10: about a tenth of its CPU share when both
+    # want a core): a request's work, and the loop that feeds the workers, go first;
+    # the bulk work takes what is left.
     if nice:
         os.nice(nice)
 
@@ -54,12 +55,20 @@ def _init_worker(nice: int) -> None:
 class WorkerPool:
     """``workers`` processes doing CPU work for the app; start with :meth:`start`."""
 
-    def __init__(self, workers: int, *, preload: Sequence[str] = (), nice: int = 5) -> None:
+    def __init__(
+        self,
+        workers: int,
+        *,
+        preload: Sequence[str] = (),
+        nice: int = 10,
+        call_timeout_s: float | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError("a worker pool needs at least one worker")
         self.workers = workers
         self._preload = list(preload)
         self._nice = nice
+        self._call_timeout_s = call_timeout_s
         self._executor: ProcessPoolExecutor | None = None
         self._generation = 0
         self._lock = threading.Lock()
@@ -128,14 +137,25 @@ class WorkerPool:
 
         Cancelling the caller cancels the call if it has not started; a started call
         runs to its end (callers keep calls short: a chunk of a file, not the file).
+        A call still running after ``call_timeout_s`` is taken for a hung worker: the
+        workers are replaced (the other calls in flight fail with :class:`WorkerLost`
+        too) and the call raises :class:`WorkerLost`.
         """
         generation = self._generation
         try:
             future, generation = await asyncio.to_thread(self._submit, generation, fn, args)
-            return await asyncio.wrap_future(future)
+            async with asyncio.timeout(self._call_timeout_s):
+                return await asyncio.wrap_future(future)
         except BrokenProcessPool as exc:
             await asyncio.to_thread(self._replace, generation)
             raise WorkerLost(f"a worker process died: {exc}") from None
+        except TimeoutError:
+            log.warning("workers.call_timeout", timeout_s=self._call_timeout_s)
+            await asyncio.to_thread(self._replace, generation)
+            raise WorkerLost(
+                f"a worker call ran for more than {self._call_timeout_s:g} s;"
+                " the worker processes were replaced"
+            ) from None
 
 
 def _stop(executor: ProcessPoolExecutor) -> None:

@@ -260,20 +260,19 @@ def _aggregate_sql(grain: int) -> Any:
         f"""
         WITH ev AS (SELECT * FROM pulse_rollup_ev),
         engaged AS (
-            -- Session by session through the session index (see _SESSION_DAYS).
+            -- Whether a session is engaged is a fact of all its events, kept per session
+            -- in stats_sessions (rebuilt before this when it is not current, see
+            -- refresh_rollups). Session by session through its key (see _SESSION_DAYS).
             SELECT t.user_id, t.session_id
             FROM (SELECT DISTINCT user_id, session_id FROM ev
                   WHERE user_id IS NOT NULL AND session_id IS NOT NULL) t
             CROSS JOIN LATERAL (
-                SELECT coalesce(bool_or(s.session_engaged), false)
-                    OR coalesce(sum(s.engagement_time_msec), 0) >= 10000
-                    OR count(*) FILTER (WHERE s.event_name = 'page_view') >= 2
-                    OR coalesce(bool_or(s.event_name = ANY(:conversions)), false) AS yes
-                FROM events s
+                SELECT s.engaged FROM stats_sessions s
                 WHERE s.tenant_id = :tenant_id
                   AND s.user_id = t.user_id AND s.session_id = t.session_id
+                OFFSET 0
             ) a
-            WHERE a.yes
+            WHERE a.engaged
         ),
         x AS MATERIALIZED (
             -- Hashes and flags once per event, before the fan-out to 11 dimensions.
@@ -624,7 +623,11 @@ async def refresh_rollups(
         )
         await rebuild_sessions(session, tenant_id, conversions)
         utc_days |= await _all_event_days(session, tenant_id)
-    elif built.timezone != config.timezone:
+    else:
+        # The session facts the aggregate reads (engaged sessions) must include this
+        # transaction's rows, which only the incremental path adds: rebuilt here too.
+        await rebuild_sessions(session, tenant_id, conversions)
+    if built is not None and built.timezone != config.timezone:
         # The tenant moved timezone: every local day is rebuilt.
         await session.execute(
             sql_text("DELETE FROM stats_rollups WHERE tenant_id = :tenant_id AND grain = :g"),

@@ -145,6 +145,7 @@ class EventLoad:
         lock_wait_s: float = DEFAULT_LOCK_WAIT_S,
         on_lock_wait: Callable[[], None] | None = None,
         workers: WorkerPool | None = None,
+        work_mem_mb: int | None = None,
     ) -> None:
         self._session = session
         self._tenant_id = tenant_id
@@ -153,6 +154,10 @@ class EventLoad:
         self._on_lock_wait = on_lock_wait
         # Sketch merges run there (CPU work); without a pool, on the loop (small loads).
         self._workers = workers
+        # The rollup statements hash-aggregate every loaded row fanned out to each
+        # dimension: with PostgreSQL's default work_mem (4 MB) those aggregates spill to
+        # disk in batches. Raised for this transaction only (``SET LOCAL``).
+        self._work_mem_mb = work_mem_mb
         self._days: set[date] = set()
         self._newest: datetime | None = None
         self._locked = False
@@ -175,6 +180,8 @@ class EventLoad:
         if not rows:
             return LoadResult(0, 0)
         session, tenant_id = self._session, self._tenant_id
+        if self._work_mem_mb is not None and not self._locked:
+            await session.execute(text(f"SET LOCAL work_mem = '{int(self._work_mem_mb)}MB'"))
         await session.execute(_CREATE_STAGING)
         await session.execute(CREATE_LOADED)
         await _copy_text(session, payload)

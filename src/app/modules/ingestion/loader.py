@@ -96,6 +96,7 @@ class BatchLoader:
         progress: Progress,
         workers: WorkerPool,
         lock_wait_s: float,
+        work_mem_mb: int | None = None,
     ) -> None:
         self._db = db
         self._run_id = run_id
@@ -109,6 +110,7 @@ class BatchLoader:
         self._progress = progress
         self._workers = workers
         self._lock_wait_s = lock_wait_s
+        self._work_mem_mb = work_mem_mb
         self._pending: _Pending | None = None
         self.committed = BatchCounts()
         self.cancel_requested = False
@@ -142,6 +144,7 @@ class BatchLoader:
                 lock_wait_s=self._lock_wait_s,
                 on_lock_wait=lambda: self._progress.report(stage=WAITING_STAGE),
                 workers=self._workers,
+                work_mem_mb=self._work_mem_mb,
             )
             self._pending = _Pending(session, load)
         pending = self._pending

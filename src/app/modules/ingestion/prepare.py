@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -58,9 +59,10 @@ def _prepare(
     rejects: list[Reject],
 ) -> Prepared:
     parts: list[bytes] = []
+    now = datetime.now(UTC)  # the "not in the future" check's clock, once per unit
     for i, row in enumerate(rows):
         try:
-            parts.append(copy_line(tenant_id, source_id, to_canonical(row)))
+            parts.append(copy_line(tenant_id, source_id, to_canonical(row, now=now)))
         except RowRejected as exc:
             rejects.append(Reject(exc.reason, _raw(row), line_of(i)))
         except Exception as exc:  # a poison row costs only itself

@@ -69,7 +69,11 @@ _ANALYZE_EVENTS = (
 
 def create_worker_pool(settings: Settings) -> WorkerPool:
     """The import worker processes (``PULSE_INGEST_WORKERS``, 0: one per core)."""
-    return WorkerPool(settings.ingest_workers or os.cpu_count() or 1, preload=PRELOAD)
+    return WorkerPool(
+        settings.ingest_workers or os.cpu_count() or 1,
+        preload=PRELOAD,
+        call_timeout_s=settings.ingest_worker_timeout_s,
+    )
 
 
 def default_owner() -> str:
@@ -467,6 +471,7 @@ class Runner:
             progress=active.progress,
             workers=self.workers,
             lock_wait_s=self.settings.ingest_load_lock_wait_s,
+            work_mem_mb=self.settings.ingest_work_mem_mb,
         )
         active.progress.report(stage="extracting")
         batches: AsyncIterator[Batch] = connector.extract(ctx)

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from operator import itemgetter
 from typing import IO, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -121,12 +122,58 @@ class RowMapper:
                 row[name] = value
             elif value is not None:
                 properties[name] = value
+        return self._finish(row, properties)
+
+    def for_columns(self, columns: Sequence[str]) -> Callable[[Sequence[str]], dict[str, Any]]:
+        """The mapping of CSV records with these columns (lists of strings, one per
+        column): the same rows as ``self(dict(zip(columns, record)))``, with the
+        per-column decisions taken once per file instead of once per value."""
+        names = [self.mapping.get(c, c) for c in columns]
+        last = {name: i for i, name in enumerate(names)}
+        json_column = last.pop("properties", None)
+        extra = [(name, i) for name, i in last.items() if name not in _CANONICAL]
+        if len(last) + (json_column is not None) != len(names) or (
+            json_column is not None and any(i < json_column for _, i in extra)
+        ):
+            # Two columns of one name, or extra columns before a JSON properties column
+            # (their order decides which value wins): the general path.
+            return lambda record: self(dict(zip(columns, record, strict=True)))
+        canonical = [(name, i) for name, i in last.items() if name in _CANONICAL]
+        canonical_names = [name for name, _ in canonical]
+        extra_names = [name for name, _ in extra]
+        pick_canonical = _picker([i for _, i in canonical])
+        pick_extra = _picker([i for _, i in extra])
+
+        def map_record(record: Sequence[str]) -> dict[str, Any]:
+            # CSV values are strings: "" (no value) becomes None, as in __call__.
+            row = {
+                n: v or None for n, v in zip(canonical_names, pick_canonical(record), strict=True)
+            }
+            properties = {} if json_column is None else _properties(record[json_column] or None)
+            properties.update(
+                (n, v) for n, v in zip(extra_names, pick_extra(record), strict=True) if v
+            )
+            return self._finish(row, properties)
+
+        return map_record
+
+    def _finish(self, row: dict[str, Any], properties: dict[str, Any]) -> dict[str, Any]:
         if not row.get("event_name"):
             raise _RowError("missing event_name")
         row["occurred_at"] = parse_timestamp(row.get("occurred_at"), self.fmt, self.tz)
         if properties:
             row["properties"] = properties
         return row
+
+
+def _picker(indexes: Sequence[int]) -> Callable[[Sequence[str]], Sequence[str]]:
+    """``record -> [record[i] for i in indexes]``, in C (``itemgetter``) where it can."""
+    if not indexes:
+        return lambda record: ()
+    if len(indexes) == 1:
+        only = indexes[0]
+        return lambda record: (record[only],)
+    return cast(Callable[[Sequence[str]], Sequence[str]], itemgetter(*indexes))
 
 
 def _properties(value: Any) -> dict[str, Any]:
@@ -181,8 +228,20 @@ def parse_chunk(
     if options.format == "jsonl":
         batches = _reading(lambda: _parse_jsonl(stream, mapper, unbounded, line_offset=line_offset))
     else:
+        try:  # one check of the whole chunk in C instead of one per row
+            data.decode("utf-8")
+            checked = True
+        except UnicodeDecodeError:
+            checked = False
         batches = _reading(
-            lambda: _parse_csv(stream, mapper, options, line_offset=line_offset, columns=columns)
+            lambda: _parse_csv(
+                stream,
+                mapper,
+                options,
+                line_offset=line_offset,
+                columns=columns,
+                utf8_checked=checked,
+            )
         )
     out = ParsedBatch([], [], [])
     for batch in batches:
@@ -250,7 +309,9 @@ def _parse_csv(
     *,
     line_offset: int = 0,
     columns: Sequence[str] | None = None,
+    utf8_checked: bool = False,
 ) -> Iterator[ParsedBatch]:
+    # utf8_checked: the whole input is known to be valid UTF-8 (no row check needed).
     # surrogateescape: invalid UTF-8 costs its row (detected below), not the file.
     text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
     reader = csv.reader(text, delimiter=options.delimiter, strict=False)
@@ -259,29 +320,34 @@ def _parse_csv(
         columns = options.columns
     columns = list(columns) if columns is not None else None
     end_line = 0
+    map_record = None if columns is None else mapper.for_columns(columns)
     for record in reader:
         start_line, end_line = line_offset + end_line + 1, reader.line_num
-        if columns is None:
+        if columns is None or map_record is None:
             columns = [c.strip().lstrip("\ufeff") for c in record]
+            map_record = mapper.for_columns(columns)
             continue
         if not record or record == [""]:
             continue
-        raw = options.delimiter.join(record)
-        if not _valid_utf8(raw):
-            out = batcher.reject(
-                "invalid UTF-8", raw.encode("utf-8", "replace").decode(), start_line
-            )
-        elif len(record) != len(columns):
-            out = batcher.reject(
-                f"expected {len(columns)} columns, got {len(record)}", raw, start_line
-            )
+        if len(record) != len(columns) or not (
+            utf8_checked or _valid_utf8(options.delimiter.join(record))
+        ):
+            raw = options.delimiter.join(record)
+            if not _valid_utf8(raw):
+                out = batcher.reject(
+                    "invalid UTF-8", raw.encode("utf-8", "replace").decode(), start_line
+                )
+            else:
+                out = batcher.reject(
+                    f"expected {len(columns)} columns, got {len(record)}", raw, start_line
+                )
         else:
             try:
-                out = batcher.row(mapper(dict(zip(columns, record, strict=True))), start_line)
+                out = batcher.row(map_record(record), start_line)
             except _RowError as exc:
-                out = batcher.reject(str(exc), raw, start_line)
+                out = batcher.reject(str(exc), options.delimiter.join(record), start_line)
             except Exception as exc:  # a poison row costs only itself
-                out = batcher.reject(_crash(exc), raw, start_line)
+                out = batcher.reject(_crash(exc), options.delimiter.join(record), start_line)
         if out is not None:
             yield out
     last = batcher.flush()
