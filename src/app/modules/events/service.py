@@ -46,6 +46,23 @@ _MERGE = text(
     FROM kept
     """
 )
+# The same without keeping the loaded rows: for a transaction whose rollups are rebuilt
+# from the events table anyway (a tenant's first load, a timezone change), the copy
+# into pulse_loaded would cost a second write of every row for nothing.
+_MERGE_ONLY = text(
+    f"""
+    WITH inserted AS (
+        INSERT INTO events ({_COLUMNS_SQL})
+        SELECT {_COLUMNS_SQL} FROM {STAGING_TABLE}
+        ON CONFLICT (tenant_id, event_id) DO NOTHING
+        RETURNING occurred_at
+    )
+    SELECT count(*) AS inserted,
+           coalesce(array_agg(DISTINCT (occurred_at AT TIME ZONE 'UTC')::date), '{{}}') AS days,
+           max(occurred_at) AS newest
+    FROM inserted
+    """
+)
 # COPY data is sent in pieces of this size (the driver's own buffer is similar).
 _COPY_CHUNK = 1 << 18
 # How long a load waits for its turn behind other loads of the tenant by default
@@ -161,6 +178,26 @@ class EventLoad:
         self._days: set[date] = set()
         self._newest: datetime | None = None
         self._locked = False
+        # Whether this transaction's rows are kept for an incremental rollup update
+        # (decided once, with the tenant's load lock held; see :meth:`_incremental`).
+        self._tracking = False
+
+    async def _incremental(self) -> tuple[bool, str, list[str]]:
+        """Whether the rollups can take this transaction's rows incrementally (they were
+        built with the tenant's current timezone and conversion events), with those."""
+        from app.modules.tenants import get_tenant_config
+
+        session, tenant_id = self._session, self._tenant_id
+        config = await get_tenant_config(session, tenant_id)
+        conversions = sorted(config.conversion_events)
+        state = await rollup_state(session, tenant_id)
+        usable = (
+            state is not None
+            and state.timezone == config.timezone
+            and state.conversion_events == tuple(conversions)
+            and await sessions_built(session, tenant_id)
+        )
+        return usable, config.timezone, conversions
 
     async def add(self, events: Sequence[CanonicalEvent]) -> LoadResult:
         """Merge validated events; rows whose (tenant, event_id) exists are skipped.
@@ -183,7 +220,6 @@ class EventLoad:
         if self._work_mem_mb is not None and not self._locked:
             await session.execute(text(f"SET LOCAL work_mem = '{int(self._work_mem_mb)}MB'"))
         await session.execute(_CREATE_STAGING)
-        await session.execute(CREATE_LOADED)
         await _copy_text(session, payload)
         # The staging table is private to this connection; only the merge takes turns.
         if not self._locked:
@@ -191,7 +227,10 @@ class EventLoad:
                 session, tenant_id, wait_s=self._lock_wait_s, on_wait=self._on_lock_wait
             )
             self._locked = True
-        row = (await session.execute(_MERGE)).one()
+            self._tracking = (await self._incremental())[0]
+            if self._tracking:
+                await session.execute(CREATE_LOADED)
+        row = (await session.execute(_MERGE if self._tracking else _MERGE_ONLY)).one()
         await session.execute(text(f"TRUNCATE {STAGING_TABLE}"))
         inserted = int(row.inserted)
         days = frozenset(row.days)
@@ -213,36 +252,28 @@ class EventLoad:
         if not self._days:
             return
         days, self._days = self._days, set()
-        from app.modules.tenants import get_tenant_config
-
         session, tenant_id = self._session, self._tenant_id
-        config = await get_tenant_config(session, tenant_id)
-        conversions = sorted(config.conversion_events)
-        state = await rollup_state(session, tenant_id)
-        if (
-            state is not None
-            and state.timezone == config.timezone
-            and state.conversion_events == tuple(conversions)
-            and await sessions_built(session, tenant_id)
-        ):
+        usable, timezone, conversions = await self._incremental()
+        if usable and self._tracking:
             # The usual case: add what this transaction loaded, whatever the day holds.
             await apply_loaded(
                 session,
                 tenant_id,
-                timezone=config.timezone,
+                timezone=timezone,
                 conversions=conversions,
                 run=self._workers.run if self._workers is not None else None,
             )
+            await session.execute(text(f"TRUNCATE {LOADED_TABLE}"))
         else:
             # First build, or the tenant changed its timezone or conversion events
-            # (rare): rebuild from the events table.
+            # (rare), or they changed while this transaction loaded: rebuild the
+            # touched days from the events table.
             await refresh_rollups(
                 session,
                 tenant_id,
                 days,
                 run=self._workers.run if self._workers is not None else None,
             )
-        await session.execute(text(f"TRUNCATE {LOADED_TABLE}"))
         await self._session.execute(
             _BUMP_VERSION, {"tenant_id": self._tenant_id, "newest": self._newest}
         )
