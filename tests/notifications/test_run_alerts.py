@@ -14,7 +14,12 @@ FINISHED = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
 
 
 async def _outcome(
-    db: Database, source_id: uuid.UUID, status: str, *, run_id: uuid.UUID | None = None
+    db: Database,
+    source_id: uuid.UUID,
+    status: str,
+    *,
+    run_id: uuid.UUID | None = None,
+    previous_failures: int = 0,
 ) -> uuid.UUID:
     run_id = run_id or uuid.uuid4()
     async with db.session(all_tenants=True) as session:
@@ -28,6 +33,7 @@ async def _outcome(
             attempts=3,
             error="permission denied on dataset analytics_1" if status == "failed" else None,
             finished_at=FINISHED,
+            previous_failures=previous_failures,
         )
         await session.commit()
     return run_id
@@ -82,9 +88,10 @@ async def test_success_after_failures_is_a_recovery_and_plain_success_is_silent(
     await _outcome(db, source, "succeeded")
     assert await _outbox(db) == []
 
+    # The streak is ingestion's: it hands over how many runs failed before this one.
     await _outcome(db, source, "failed")
-    await _outcome(db, source, "failed")
-    await _outcome(db, source, "succeeded")
+    await _outcome(db, source, "failed", previous_failures=1)
+    await _outcome(db, source, "succeeded", previous_failures=2)
     await _outcome(db, source, "succeeded")
 
     kinds = [e.kind for e in await _outbox(db)]

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.modules.ingestion.connectors.base import LedgerEntry, Progress
-from app.modules.tenants import get_tenant_config
+from app.modules.tenants import get_tenant_config, tenant_timezones
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ClaimedRun:
     window_end: date | None
     files: list[str] | None
     rows_quarantined: int
+    request_id: str | None  # of the request that queued it (manual runs, backfills)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
         LIMIT 1)
     RETURNING r.id, r.tenant_id, r.source_id, r.trigger, r.attempt, r.max_attempts,
-              r.window_start, r.window_end, r.files, r.rows_quarantined
+              r.window_start, r.window_end, r.files, r.rows_quarantined, r.request_id
     """
 )
 
@@ -86,6 +87,7 @@ async def claim_next_run(session: AsyncSession, *, owner: str, lease_s: float) -
         window_end=row.window_end,
         files=row.files,
         rows_quarantined=row.rows_quarantined,
+        request_id=row.request_id,
     )
 
 
@@ -121,37 +123,22 @@ class LeaseState:
     cancel_requested: bool
 
 
-async def heartbeat(
-    session: AsyncSession, run_id: uuid.UUID, *, owner: str, lease_s: float, progress: Progress
-) -> LeaseState:
-    """Renew the lease and publish progress; tells whether the lease is still ours."""
-    row = (
-        await session.execute(
-            text(
-                """
-                UPDATE ingestion_runs
-                SET lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
-                    heartbeat_at = clock_timestamp(), stage = :stage, current_item = :item,
-                    rows_read = GREATEST(rows_read, :rows_read),
-                    bytes_read = GREATEST(bytes_read, :bytes_read), updated_at = now()
-                WHERE id = :id AND lease_owner = :owner AND status = 'running'
-                RETURNING cancel_requested_at
-                """
-            ),
-            {
-                "id": run_id,
-                "owner": owner,
-                "lease_s": lease_s,
-                "stage": progress.stage,
-                "item": progress.current_item,
-                "rows_read": progress.rows_read,
-                "bytes_read": progress.bytes_read,
-            },
-        )
-    ).one_or_none()
-    if row is None:
-        return LeaseState(held=False, cancel_requested=False)
-    return LeaseState(held=True, cancel_requested=row.cancel_requested_at is not None)
+_RENEW_LEASE = text(
+    """
+    UPDATE ingestion_runs
+    SET rows_loaded = rows_loaded + :loaded,
+        rows_duplicate = rows_duplicate + :duplicates,
+        rows_rejected = rows_rejected + :rejected,
+        rows_quarantined = rows_quarantined + :quarantined,
+        rows_read = GREATEST(rows_read, :rows_read),
+        bytes_read = GREATEST(bytes_read, :bytes_read),
+        stage = :stage, current_item = :item, heartbeat_at = clock_timestamp(),
+        lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
+        updated_at = now()
+    WHERE id = :id AND lease_owner = :owner AND status = 'running'
+    RETURNING cancel_requested_at
+    """
+)
 
 
 @dataclass
@@ -168,34 +155,25 @@ class BatchCounts:
         self.quarantined += other.quarantined
 
 
-async def record_batch(
+async def renew_lease(
     session: AsyncSession,
     run_id: uuid.UUID,
     *,
     owner: str,
     lease_s: float,
-    counts: BatchCounts,
     progress: Progress,
+    counts: BatchCounts | None = None,
 ) -> LeaseState:
-    """Add a committed batch's counts to the run, in the batch's own transaction (fenced)."""
+    """Renew the run's lease and publish its progress (fenced by ``owner``); tells whether
+    the lease is still ours and whether a cancel was asked for.
+
+    The heartbeat calls it without ``counts``; a committed batch calls it with its counts,
+    in the batch's own transaction, so the counts and the data commit together.
+    """
+    counts = counts or BatchCounts()
     row = (
         await session.execute(
-            text(
-                """
-                UPDATE ingestion_runs
-                SET rows_loaded = rows_loaded + :loaded,
-                    rows_duplicate = rows_duplicate + :duplicates,
-                    rows_rejected = rows_rejected + :rejected,
-                    rows_quarantined = rows_quarantined + :quarantined,
-                    rows_read = GREATEST(rows_read, :rows_read),
-                    bytes_read = GREATEST(bytes_read, :bytes_read),
-                    stage = :stage, current_item = :item, heartbeat_at = clock_timestamp(),
-                    lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
-                    updated_at = now()
-                WHERE id = :id AND lease_owner = :owner AND status = 'running'
-                RETURNING cancel_requested_at
-                """
-            ),
+            _RENEW_LEASE,
             {
                 "id": run_id,
                 "owner": owner,
@@ -391,16 +369,19 @@ async def release_run(session: AsyncSession, run_id: uuid.UUID, *, owner: str) -
 @dataclass(frozen=True)
 class ExpiredRun:
     id: uuid.UUID
+    tenant_id: str
     attempt: int
     max_attempts: int
     lease_owner: str | None
+    request_id: str | None
 
 
 async def lock_expired_runs(session: AsyncSession, *, limit: int = 100) -> list[ExpiredRun]:
     rows = await session.execute(
         text(
             """
-            SELECT id, attempt, max_attempts, lease_owner FROM ingestion_runs
+            SELECT id, tenant_id, attempt, max_attempts, lease_owner, request_id
+            FROM ingestion_runs
             WHERE status = 'running' AND lease_expires_at < clock_timestamp()
             ORDER BY lease_expires_at
             FOR UPDATE SKIP LOCKED
@@ -409,7 +390,7 @@ async def lock_expired_runs(session: AsyncSession, *, limit: int = 100) -> list[
         ),
         {"limit": limit},
     )
-    return [ExpiredRun(r.id, r.attempt, r.max_attempts, r.lease_owner) for r in rows]
+    return [ExpiredRun(**r._asdict()) for r in rows]
 
 
 async def requeue_expired(session: AsyncSession, run_id: uuid.UUID) -> None:
@@ -441,42 +422,153 @@ async def cancel_requested(session: AsyncSession, run_ids: list[uuid.UUID]) -> s
     return {r.id for r in rows}
 
 
+@dataclass(frozen=True)
+class SourceOutcome:
+    name: str
+    previous_failures: int  # the failure streak before this outcome
+
+
+_RECORD_SOURCE_OUTCOME = text(
+    """
+    WITH previous AS (
+        SELECT id, consecutive_failures FROM ingestion_sources WHERE id = :id FOR UPDATE)
+    UPDATE ingestion_sources s
+    SET last_run_id = :run_id, last_run_status = :status, last_run_at = :at,
+        last_run_summary = CAST(:summary AS jsonb),
+        consecutive_failures = CASE WHEN :status = 'failed'
+            THEN previous.consecutive_failures + 1
+            WHEN :status = 'succeeded' THEN 0 ELSE previous.consecutive_failures END
+    FROM previous
+    WHERE s.id = previous.id
+    RETURNING s.name, previous.consecutive_failures AS previous_failures
+    """
+)
+
+
 async def record_source_outcome(
     session: AsyncSession, source_id: uuid.UUID, run_id: uuid.UUID, finished: FinishedRun
-) -> None:
-    """Keep the source's "last run" summary and failure streak current."""
+) -> SourceOutcome:
+    """Keep the source's "last run" summary and its failure streak (the one place it is
+    kept) current; returns the source's name and the streak before this outcome."""
     summary = {
         "rows_loaded": finished.rows_loaded,
         "rows_duplicate": finished.rows_duplicate,
         "rows_rejected": finished.rows_rejected,
         "attempts": finished.attempt,
     }
-    await session.execute(
+    row = (
+        await session.execute(
+            _RECORD_SOURCE_OUTCOME,
+            {
+                "id": source_id,
+                "run_id": run_id,
+                "status": finished.status,
+                "at": finished.finished_at,
+                "summary": msgspec.json.encode(summary).decode(),
+            },
+        )
+    ).one_or_none()
+    if row is None:
+        return SourceOutcome(name="(deleted source)", previous_failures=0)
+    return SourceOutcome(name=row.name, previous_failures=row.previous_failures)
+
+
+# --- the scheduler ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduledSource:
+    id: uuid.UUID
+    tenant_id: str
+    kind: str
+    config: dict[str, Any]
+    schedule_cron: str | None
+    schedule_interval_s: int | None
+    last_scheduled_at: datetime | None
+    created_at: datetime
+    timezone: str
+
+
+async def scheduled_sources(session: AsyncSession) -> list[ScheduledSource]:
+    """Enabled sources with a schedule, each with its tenant's timezone."""
+    rows = await session.execute(
         text(
             """
-            UPDATE ingestion_sources
-            SET last_run_id = :run_id, last_run_status = :status, last_run_at = :at,
-                last_run_summary = CAST(:summary AS jsonb),
-                consecutive_failures = CASE WHEN :status = 'failed'
-                    THEN consecutive_failures + 1
-                    WHEN :status = 'succeeded' THEN 0 ELSE consecutive_failures END
-            WHERE id = :id
+            SELECT id, tenant_id, kind, config, schedule_cron, schedule_interval_s,
+                   last_scheduled_at, created_at
+            FROM ingestion_sources
+            WHERE enabled AND (schedule_cron IS NOT NULL OR schedule_interval_s IS NOT NULL)
             """
-        ),
-        {
-            "id": source_id,
-            "run_id": run_id,
-            "status": finished.status,
-            "at": finished.finished_at,
-            "summary": msgspec.json.encode(summary).decode(),
-        },
+        )
     )
+    found = rows.all()
+    timezones = await tenant_timezones(session, (r.tenant_id for r in found))
+    # A tenant deleted since the first query has no timezone left: its sources go with it.
+    return [
+        ScheduledSource(**r._asdict(), timezone=timezones[r.tenant_id])
+        for r in found
+        if r.tenant_id in timezones
+    ]
 
 
-async def source_name(session: AsyncSession, source_id: uuid.UUID) -> str:
-    name = (
+async def schedule_slot(
+    session: AsyncSession,
+    source: ScheduledSource,
+    slot: datetime,
+    window: tuple[date, date] | None,
+    *,
+    max_attempts: int,
+) -> uuid.UUID | None:
+    """Queue the run for ``slot`` (or fold it into a waiting one); returns a new run's id."""
+    start, end = window if window else (None, None)
+    folded = (
         await session.execute(
-            text("SELECT name FROM ingestion_sources WHERE id = :id"), {"id": source_id}
+            text(
+                """
+                UPDATE ingestion_runs
+                SET window_start = LEAST(window_start, :start),
+                    window_end = GREATEST(window_end, :end), updated_at = now()
+                WHERE id = (
+                    SELECT id FROM ingestion_runs
+                    WHERE source_id = :source_id AND status = 'queued' AND trigger = 'scheduled'
+                    ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+                RETURNING id
+                """
+            ),
+            {"source_id": source.id, "start": start, "end": end},
         )
     ).scalar_one_or_none()
-    return str(name) if name is not None else "(deleted source)"
+    run_id: uuid.UUID | None = None
+    if folded is None:
+        run_id = (
+            await session.execute(
+                text(
+                    """
+                    INSERT INTO ingestion_runs (id, tenant_id, source_id, trigger, window_start,
+                        window_end, scheduled_for, max_attempts)
+                    VALUES (:id, :tenant_id, :source_id, 'scheduled', :start, :end, :slot,
+                        :max_attempts)
+                    ON CONFLICT (source_id, scheduled_for) WHERE scheduled_for IS NOT NULL
+                    DO NOTHING
+                    RETURNING id
+                    """
+                ),
+                {
+                    "id": uuid.uuid4(),
+                    "tenant_id": source.tenant_id,
+                    "source_id": source.id,
+                    "start": start,
+                    "end": end,
+                    "slot": slot,
+                    "max_attempts": max_attempts,
+                },
+            )
+        ).scalar_one_or_none()
+    await session.execute(
+        text(
+            "UPDATE ingestion_sources SET last_scheduled_at = "
+            "GREATEST(coalesce(last_scheduled_at, :slot), :slot) WHERE id = :id"
+        ),
+        {"id": source.id, "slot": slot},
+    )
+    return run_id

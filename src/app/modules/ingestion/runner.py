@@ -27,7 +27,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.backoff import backoff_s
 from app.core.crypto import SecretBox
 from app.core.db import Database
 from app.core.outbound import policy_for
@@ -46,7 +48,7 @@ from app.modules.ingestion.connectors.base import (
 )
 from app.modules.ingestion.errors import describe, is_transient
 from app.modules.ingestion.loader import BatchLoader, LeaseLost
-from app.modules.ingestion.outcomes import backoff_s, record_outcome
+from app.modules.ingestion.outcomes import record_outcome
 from app.modules.ingestion.prepare import PRELOAD
 from app.modules.ingestion.secrets import open_secrets
 
@@ -70,6 +72,15 @@ _ANALYZE_EVENTS = (
 def create_worker_pool(settings: Settings) -> WorkerPool:
     """The import worker processes (``PULSE_INGEST_WORKERS``, 0: one per core)."""
     return WorkerPool(settings.ingest_workers or os.cpu_count() or 1, preload=PRELOAD)
+
+
+def run_log_context(run: repository.ClaimedRun | repository.ExpiredRun) -> dict[str, str]:
+    """The ids every log line of a run carries: its tenant, itself, and the request that
+    queued it (manual runs and backfills)."""
+    context = {"tenant_id": run.tenant_id, "run_id": str(run.id)}
+    if run.request_id:
+        context["request_id"] = run.request_id
+    return context
 
 
 def default_owner() -> str:
@@ -216,14 +227,6 @@ class Runner:
         active.task.add_done_callback(lambda _: self._finished(claimed.id))
         if self.metrics:
             self.metrics.active.inc()
-        log.info(
-            "run.claimed",
-            run_id=str(claimed.id),
-            tenant_id=claimed.tenant_id,
-            source_id=str(claimed.source_id),
-            attempt=claimed.attempt,
-            owner=self.owner,
-        )
 
     def _finished(self, run_id: uuid.UUID) -> None:
         self.active.pop(run_id, None)
@@ -236,20 +239,24 @@ class Runner:
         async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(all_tenants=True) as session:
             expired = await repository.lock_expired_runs(session)
             for run in expired:
-                if run.attempt >= run.max_attempts:
-                    await record_outcome(
-                        session,
-                        run.id,
-                        owner=None,
-                        status="failed",
-                        error_class="LeaseExpired",
-                        error_message="the worker stopped renewing its lease on the last attempt",
-                    )
-                else:
-                    await repository.requeue_expired(session, run.id)
-                log.warning("run.lease_expired", run_id=str(run.id), owner=run.lease_owner)
+                with structlog.contextvars.bound_contextvars(**run_log_context(run)):
+                    await self._reap(session, run)
             await session.commit()
         return len(expired)
+
+    async def _reap(self, session: AsyncSession, run: repository.ExpiredRun) -> None:
+        if run.attempt >= run.max_attempts:
+            await record_outcome(
+                session,
+                run.id,
+                owner=None,
+                status="failed",
+                error_class="LeaseExpired",
+                error_message="the worker stopped renewing its lease on the last attempt",
+            )
+        else:
+            await repository.requeue_expired(session, run.id)
+        log.warning("run.lease_expired", owner=run.lease_owner)
 
     async def _notice_cancels(self) -> None:
         ids = [i for i, a in self.active.items() if not a.cancel.is_set()]
@@ -263,6 +270,10 @@ class Runner:
     # --- one run -----------------------------------------------------------
     async def _execute(self, active: ActiveRun) -> None:
         run = active.run
+        # This task's context (copied into the tasks it starts): every line logged for
+        # the run - runner, connector, loader, event store, alert - carries the ids.
+        structlog.contextvars.bind_contextvars(**run_log_context(run))
+        log.info("run.claimed", source_id=str(run.source_id), attempt=run.attempt, owner=self.owner)
         load = asyncio.create_task(self._load(active), name=f"ingest-load-{run.id}")
         helpers = [
             asyncio.create_task(self._heartbeat(active, load)),
@@ -287,7 +298,7 @@ class Runner:
         run = active.run
         exc: BaseException | None = None if load.cancelled() else load.exception()
         if active.lease_lost or isinstance(exc, LeaseLost):
-            log.warning("run.lease_lost", run_id=str(run.id), owner=self.owner)
+            log.warning("run.lease_lost", owner=self.owner)
             return
         if load.cancelled() or isinstance(exc, RunCancelled):
             await self._record(run, "cancelled")
@@ -306,7 +317,7 @@ class Runner:
                 await session.commit()
         except Exception:
             # The lease will expire and the reaper re-queues the run; loading is idempotent.
-            log.exception("run.outcome_not_recorded", run_id=str(run.id), status=status)
+            log.exception("run.outcome_not_recorded", status=status)
             return
         if self.metrics:
             self.metrics.finished.labels(status).inc()
@@ -317,8 +328,6 @@ class Runner:
         log_method = log.warning if transient else log.error
         log_method(
             "run.error",
-            run_id=str(run.id),
-            tenant_id=run.tenant_id,
             attempt=run.attempt,
             transient=transient,
             error_class=error_class,
@@ -348,11 +357,11 @@ class Runner:
                 )
                 await session.commit()
         except Exception:
-            log.exception("run.retry_not_recorded", run_id=str(run.id))
+            log.exception("run.retry_not_recorded")
             return
         if self.metrics:
             self.metrics.finished.labels("retrying").inc()
-        log.info("run.retry_scheduled", run_id=str(run.id), delay_s=round(delay, 2))
+        log.info("run.retry_scheduled", delay_s=round(delay, 2))
 
     async def _release(self, run: repository.ClaimedRun) -> None:
         try:
@@ -362,9 +371,9 @@ class Runner:
             ):
                 await repository.release_run(session, run.id, owner=self.owner)
                 await session.commit()
-            log.info("run.released", run_id=str(run.id), owner=self.owner)
+            log.info("run.released", owner=self.owner)
         except Exception:
-            log.exception("run.release_failed", run_id=str(run.id))
+            log.exception("run.release_failed")
 
     async def _heartbeat(self, active: ActiveRun, load: asyncio.Task[None]) -> None:
         run = active.run
@@ -376,7 +385,7 @@ class Runner:
                     asyncio.timeout(self.lease_s / 2),
                     self.db.session(run.tenant_id) as session,
                 ):
-                    state = await repository.heartbeat(
+                    state = await repository.renew_lease(
                         session,
                         run.id,
                         owner=self.owner,
@@ -385,7 +394,7 @@ class Runner:
                     )
                     await session.commit()
             except Exception as exc:
-                log.warning("run.heartbeat_failed", run_id=str(run.id), error=type(exc).__name__)
+                log.warning("run.heartbeat_failed", error=type(exc).__name__)
                 if time.monotonic() - last_ok < self.lease_s:
                     continue
                 state = repository.LeaseState(held=False, cancel_requested=False)
@@ -399,7 +408,7 @@ class Runner:
 
     async def _watch_cancel(self, active: ActiveRun, load: asyncio.Task[None]) -> None:
         await active.cancel.wait()
-        log.info("run.cancel_requested", run_id=str(active.run.id))
+        log.info("run.cancel_requested")
         _, pending = await asyncio.wait({load}, timeout=CANCEL_GRACE_S)
         if pending:
             load.cancel()  # not at a batch boundary in time: interrupt the step
@@ -505,7 +514,7 @@ class Runner:
                         await session.execute(statement)
                     await session.commit()
             except Exception as exc:
-                log.warning("run.analyze_failed", run_id=str(run.id), error=type(exc).__name__)
+                log.warning("run.analyze_failed", error=type(exc).__name__)
 
     def _check(self, active: ActiveRun) -> None:
         if active.lease_lost:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.crypto import DecryptionFailed, SecretBox
 from app.core.errors import Conflict, Invalid, NotFound
+from app.core.logging import current_request_id
 from app.core.outbound import STRICT, OutboundPolicy, OutboundRefused
 from app.core.validation import explain
 from app.modules.ingestion import schemas
@@ -439,6 +440,7 @@ async def create_run(
         tenant_id=tenant_id,
         source_id=source_id,
         trigger=data.trigger,
+        request_id=current_request_id(),
         window_start=start,
         window_end=end,
         files=data.files,

@@ -96,25 +96,26 @@ async def notify_run_outcome(
     attempts: int,
     error: str | None,
     finished_at: datetime,
+    previous_failures: int = 0,
 ) -> None:
     """Record a run's final outcome and queue the alerts it calls for (flush only).
 
     Call it in the transaction that records the outcome. It queues *import failed*
-    (when that alert is on), *source recovered* (a success after one or more failures,
-    when on) or *import succeeded* (off by default) to the tenant's recipients. Calling
-    it twice for the same run queues nothing new.
+    (when that alert is on), *source recovered* (a success after ``previous_failures``
+    failed runs in a row - ingestion keeps that streak and hands it over - when on) or
+    *import succeeded* (off by default) to the tenant's recipients. Calling it twice for
+    the same run queues nothing new.
     """
     if finished_at.tzinfo is None:
         finished_at = finished_at.replace(tzinfo=UTC)
-    previous = await repository.record_source_outcome(
+    announced = await repository.record_source_outcome(
         session,
         tenant_id=tenant_id,
         source_id=source_id,
         run_id=run_id,
-        status=status,
         finished_at=finished_at,
     )
-    if previous is None:
+    if not announced:
         log.info("notifications.outcome_already_recorded", tenant_id=tenant_id, run_id=str(run_id))
         return
     preferences = await repository.get_preferences(session, tenant_id)
@@ -123,7 +124,7 @@ async def notify_run_outcome(
     kind: EmailKind | None = None
     if status == "failed":
         kind = "import_failed" if preferences.import_failed else None
-    elif previous.status == "failed" and preferences.source_recovered:
+    elif previous_failures > 0 and preferences.source_recovered:
         kind = "source_recovered"
     elif preferences.import_succeeded:
         kind = "import_succeeded"
@@ -141,7 +142,7 @@ async def notify_run_outcome(
             error=error if status == "failed" else None,
             finished=f"{local:%Y-%m-%d %H:%M} {local.tzname() or tenant.timezone.key}",
             link=run_link(tenant_id, run_id),
-            previous_failures=previous.consecutive_failures,
+            previous_failures=previous_failures,
         )
     )
     queued = await enqueue_email(
