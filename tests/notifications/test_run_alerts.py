@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from app.core.db import Database
-from app.modules.notifications import notify_run_outcome
+from app.modules.notifications import EmailLinks, notify_run_outcome
 from app.modules.notifications.models import OutboxEmail
 from tests.notifications.conftest import MakeTenant
 
@@ -33,6 +33,7 @@ async def _outcome(
             attempts=3,
             error="permission denied on dataset analytics_1" if status == "failed" else None,
             finished_at=FINISHED,
+            links=EmailLinks("https://pulse.example"),
             previous_failures=previous_failures,
         )
         await session.commit()
@@ -61,7 +62,7 @@ async def test_failed_run_queues_one_email_per_recipient_once(
     assert email.subject == "[Pulse] Import failed: GA4 <main>"
     assert "permission denied on dataset analytics_1" in email.body_text
     assert "Attempts:  3" in email.body_text
-    assert f"/api/v1/tenants/acme/runs/{run_id}" in email.body_text
+    assert f"https://pulse.example/api/v1/tenants/acme/runs/{run_id}" in email.body_text
     assert "2026-11-27 10:30 CET" in email.body_text  # Europe/Berlin
     assert "GA4 &lt;main&gt;" in email.body_html
     assert "<main>" not in email.body_html

@@ -12,7 +12,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.modules.ingestion import repository
-from app.modules.notifications import notify_run_outcome
+from app.modules.notifications import EmailLinks, notify_run_outcome
 
 log = structlog.get_logger("app.ingestion")
 
@@ -23,6 +23,7 @@ async def record_outcome(
     *,
     owner: str | None,
     status: str,
+    links: EmailLinks,
     error_class: str | None = None,
     error_message: str | None = None,
 ) -> repository.FinishedRun | None:
@@ -49,6 +50,7 @@ async def record_outcome(
             attempts=finished.attempt,
             error=None if error_message is None else f"{error_class}: {error_message}",
             finished_at=finished.finished_at,
+            links=links,
             previous_failures=source.previous_failures,
         )
     log.info(

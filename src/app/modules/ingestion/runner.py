@@ -51,6 +51,7 @@ from app.modules.ingestion.loader import BatchLoader, LeaseLost
 from app.modules.ingestion.outcomes import record_outcome
 from app.modules.ingestion.prepare import PRELOAD
 from app.modules.ingestion.secrets import open_secrets
+from app.modules.notifications import EmailLinks
 
 log = structlog.get_logger("app.ingestion.runner")
 
@@ -132,6 +133,7 @@ class Runner:
         self.http = http
         self.executor = executor
         self.metrics = metrics
+        self.links = EmailLinks.from_settings(settings)
         # Without a pool from the app's lifespan (tests, tools) the runner owns one.
         self.workers = workers or create_worker_pool(settings)
         self._owns_workers = workers is None
@@ -251,6 +253,7 @@ class Runner:
                 run.id,
                 owner=None,
                 status="failed",
+                links=self.links,
                 error_class="LeaseExpired",
                 error_message="the worker stopped renewing its lease on the last attempt",
             )
@@ -313,7 +316,9 @@ class Runner:
                 asyncio.timeout(DB_STEP_TIMEOUT_S),
                 self.db.session(run.tenant_id) as session,
             ):
-                await record_outcome(session, run.id, owner=self.owner, status=status, **error)
+                await record_outcome(
+                    session, run.id, owner=self.owner, status=status, links=self.links, **error
+                )
                 await session.commit()
         except Exception:
             # The lease will expire and the reaper re-queues the run; loading is idempotent.

@@ -1,12 +1,11 @@
 """The notifications module's public functions. The caller's session is passed in and only
-flushed; the caller's transaction decides whether the email exists. One piece of process
-state: ``links.base_url`` (absolute links in emails), set by the lifespan hook at start-up."""
+flushed; the caller's transaction decides whether the email exists. No process state:
+what an email needs from the settings (its links' public URL) is handed in."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -15,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Invalid
 from app.modules.notifications import repository
+from app.modules.notifications.links import EmailLinks
 from app.modules.notifications.models import NotificationPreferences
 from app.modules.notifications.schemas import (
     Alerts,
@@ -38,20 +38,6 @@ log = structlog.get_logger("app.notifications")
 EmailKind = Literal[
     "import_failed", "import_succeeded", "source_recovered", "weekly_digest", "test"
 ]
-
-
-@dataclass(slots=True)
-class _Links:
-    """Absolute links in emails need the public URL; set by the module's lifespan hook."""
-
-    base_url: str = ""
-
-
-links = _Links()
-
-
-def run_link(tenant_id: str, run_id: uuid.UUID) -> str:
-    return f"{links.base_url}/api/v1/tenants/{tenant_id}/runs/{run_id}"
 
 
 async def enqueue_email(
@@ -96,6 +82,7 @@ async def notify_run_outcome(
     attempts: int,
     error: str | None,
     finished_at: datetime,
+    links: EmailLinks,
     previous_failures: int = 0,
 ) -> None:
     """Record a run's final outcome and queue the alerts it calls for (flush only).
@@ -141,7 +128,7 @@ async def notify_run_outcome(
             attempts=attempts,
             error=error if status == "failed" else None,
             finished=f"{local:%Y-%m-%d %H:%M} {local.tzname() or tenant.timezone.key}",
-            link=run_link(tenant_id, run_id),
+            link=links.run(tenant_id, run_id),
             previous_failures=previous_failures,
         )
     )
