@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from prometheus_client import Counter
 
 from app.modules.auth.errors import missing_token
-from app.modules.auth.jwks import OidcDiscovery
+from app.modules.auth.key_sources import OidcDiscovery
 from app.modules.auth.principal import Principal
 from app.modules.auth.service import Authenticator
 

@@ -17,7 +17,9 @@ from app.core.settings import Settings
 from app.modules.auth.claims import ClaimMapping
 from app.modules.auth.deps import AuthMetrics, auth_metrics_of, set_auth_metrics, set_authenticator
 from app.modules.auth.introspection import Introspector
-from app.modules.auth.jwks import HttpKeySource, JwksCache, KeySet, StaticKeySource
+from app.modules.auth.jwks import JwksCache
+from app.modules.auth.key_sources import HttpKeySource, StaticKeySource
+from app.modules.auth.keys import KeySet
 from app.modules.auth.service import Authenticator
 from app.modules.auth.tokens import TokenCache, TokenValidator
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from app.modules.auth.errors import IdentityProviderUnavailable, InvalidToken
 from app.modules.auth.introspection import Introspector
-from app.modules.auth.jwks import JwksCache, OidcDiscovery
+from app.modules.auth.jwks import JwksCache
+from app.modules.auth.key_sources import OidcDiscovery
 from app.modules.auth.principal import Principal
 from app.modules.auth.tokens import TokenValidator, check_size, looks_like_jwt
 
