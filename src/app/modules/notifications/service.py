@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Invalid
+from app.core.pagination import parse_time_id_cursor, time_id_cursor
 from app.modules.notifications import repository
 from app.modules.notifications.links import EmailLinks
 from app.modules.notifications.models import NotificationPreferences
@@ -212,21 +213,6 @@ async def update_notification_settings(
     return _settings_view(tenant, preferences)
 
 
-def _encode_cursor(created_at: datetime, email_id: uuid.UUID) -> str:
-    return f"{created_at.isoformat()}~{email_id}"
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        stamp, _, email_id = cursor.partition("~")
-        created_at = datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return created_at, uuid.UUID(email_id)
-    except ValueError as exc:
-        raise Invalid("cursor is not one this API returned", field="cursor") from exc
-
-
 async def list_outbox(
     session: AsyncSession,
     tenant_id: str,
@@ -237,7 +223,7 @@ async def list_outbox(
 ) -> OutboxPage:
     """The tenant's emails, newest first: status, attempts, last error - never bodies."""
     await tenant_profile(session, tenant_id, required=True)
-    after = _decode_cursor(cursor) if cursor else None
+    after = parse_time_id_cursor(cursor) if cursor else None
     rows = await repository.list_outbox(
         session, tenant_id, limit=limit + 1, status=status, after=after
     )
@@ -259,7 +245,7 @@ async def list_outbox(
     ]
     last = page[-1] if len(rows) > limit and page else None
     return OutboxPage(
-        items=items, next_cursor=_encode_cursor(last.created_at, last.id) if last else None
+        items=items, next_cursor=time_id_cursor(last.created_at, last.id) if last else None
     )
 
 

@@ -1,7 +1,8 @@
 """The ingestion module's public functions: sources, source tests, runs, quarantine.
 
-Stateless; the session is passed in and only flushed (the request commits). One file per
-subject; callers use this package (``service.create_run(...)``).
+Stateless; the session is passed in and only flushed (the request commits), except that
+``check_source`` ends the request's read transaction before it talks to the outside
+world. One file per subject; callers use this package (``service.create_run(...)``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Testing a source's connection and credentials (``POST .../sources/{id}/test``)."""
+"""Testing a source's connection and credentials (``POST .../sources/{id}/test``).
+
+It ends the request's read transaction (a rollback: nothing was written) before it talks
+to the outside world, so no pooled connection waits on a remote server.
+"""
 
 from __future__ import annotations
 

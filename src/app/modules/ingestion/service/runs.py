@@ -10,11 +10,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import current_request_id
+from app.core.pagination import parse_time_id_cursor, time_id_cursor
 from app.modules.ingestion import schemas
 from app.modules.ingestion.connectors.base import Connector
 from app.modules.ingestion.models import Run, Source
@@ -175,23 +176,25 @@ async def list_runs(
     source_id: uuid.UUID | None = None,
     status: str | None = None,
     limit: int = 50,
-    offset: int = 0,
+    cursor: str | None = None,
 ) -> schemas.RunPage:
+    """The tenant's runs, newest first, ``limit`` at a time (``core.pagination``)."""
     query = select(Run).where(Run.tenant_id == tenant_id)
     if source_id is not None:
         query = query.where(Run.source_id == source_id)
     if status is not None:
         query = query.where(Run.status == status)
+    if cursor is not None:
+        query = query.where(tuple_(Run.created_at, Run.id) < parse_time_id_cursor(cursor))
     rows = await session.execute(
-        query.order_by(Run.created_at.desc(), Run.id).limit(limit + 1).offset(offset)
+        query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
     )
     runs = list(rows.scalars())
-    more = len(runs) > limit
+    page = runs[:limit]
+    last = page[-1] if len(runs) > limit and page else None
     return schemas.RunPage(
-        items=[_run_schema(r) for r in runs[:limit]],
-        limit=limit,
-        offset=offset,
-        next_offset=offset + limit if more else None,
+        items=[_run_schema(r) for r in page],
+        next_cursor=time_id_cursor(last.created_at, last.id) if last else None,
     )
 
 
