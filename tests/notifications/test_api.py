@@ -145,6 +145,7 @@ async def test_outbox_lists_own_emails_without_bodies_newest_first_in_pages(
                 error="secret details of " + tenant,
                 finished_at=datetime.now(UTC),
                 links=EmailLinks("https://pulse.example"),
+                previous_failures=0,
             )
             await session.commit()
 

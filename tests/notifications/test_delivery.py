@@ -73,6 +73,7 @@ async def _fail_run(
             error="BigQuery said: Access Denied: Dataset analytics_123",
             finished_at=datetime(2026, 11, 27, 7, 5, tzinfo=UTC),
             links=EmailLinks("https://pulse.example"),
+            previous_failures=0,
         )
         await session.commit()
     return run_id

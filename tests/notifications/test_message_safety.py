@@ -55,6 +55,7 @@ async def _failed(db: Database, *, source_name: str, error: str) -> None:
             error=error,
             finished_at=datetime.now(UTC),
             links=EmailLinks("https://pulse.example"),
+            previous_failures=0,
         )
         await session.commit()
 

@@ -84,7 +84,7 @@ async def notify_run_outcome(
     error: str | None,
     finished_at: datetime,
     links: EmailLinks,
-    previous_failures: int = 0,
+    previous_failures: int,
 ) -> None:
     """Record a run's final outcome and queue the alerts it calls for (flush only).
 
