@@ -7,7 +7,9 @@ import asyncio
 import pytest
 
 from app.modules.auth.errors import IdentityProviderUnavailable, InvalidToken
-from app.modules.auth.jwks import NEGATIVE_CACHE_MAX, JwksCache, KeySet, cache_ttl, parse_jwks
+from app.modules.auth.jwks import NEGATIVE_CACHE_MAX, JwksCache
+from app.modules.auth.key_sources import cache_ttl
+from app.modules.auth.keys import KeySet, parse_jwks
 from tests.fixtures.notify import wait_until
 from tests.fixtures.oidc import OidcIssuer
 

@@ -10,7 +10,8 @@ import pytest
 
 from app.modules.auth.claims import ClaimMapping
 from app.modules.auth.errors import InvalidToken
-from app.modules.auth.jwks import HttpKeySource, JwksCache
+from app.modules.auth.jwks import JwksCache
+from app.modules.auth.key_sources import HttpKeySource
 from app.modules.auth.tokens import TOKEN_CACHE_TTL_S, TokenCache, TokenValidator
 from tests.auth.conftest import Serve
 from tests.fixtures.oidc import AUDIENCE, OidcIssuer

@@ -199,8 +199,8 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient, operator: dict[s
 @pytest.mark.parametrize(
     ("path", "param"),
     [
-        (f"{TENANT}/runs?offset=158102754410706960384", "offset"),
-        (f"{TENANT}/runs/00000000-0000-0000-0000-000000000001/quarantine?offset={2**63}", "offset"),
+        (f"{TENANT}/runs?limit=158102754410706960384", "limit"),
+        (f"{TENANT}/runs/00000000-0000-0000-0000-000000000001/quarantine?limit={2**63}", "limit"),
         (f"{TENANT}/stats/breakdown?dimension=country&offset={2**64}", "offset"),
         (f"{TENANT}/stats/breakdown?dimension=country&limit={2**64}", "limit"),
     ],

@@ -264,5 +264,47 @@ async def test_quarantine_listing(
         "SELECT rows_rejected FROM ingestion_runs WHERE id = :id", id=run["id"]
     )
     assert count == len(page["items"])
+    assert page["next_cursor"] is None
+    # The same rows two at a time, following next_cursor.
+    walked: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        got = await client.get(f"{BASE}/runs/{run['id']}/quarantine", params=params, headers=admin)
+        assert got.status_code == 200, got.text
+        walked += got.json()["items"]
+        cursor = got.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert walked == page["items"]
     async with ingest.db.session(all_tenants=True) as session:
         assert (await session.execute(text("SELECT count(*) FROM ingestion_quarantine"))).scalar()
+
+
+async def test_runs_list_pages_by_cursor_newest_first(
+    client: httpx.AsyncClient, admin: dict[str, str], ingest: IngestKit
+) -> None:
+    source = await ingest.source(config={"seed": 1, "sessions_per_day": 5})
+    queued = [
+        (await ingest.queue_run(source.id, date(2026, 1, day), date(2026, 1, day))).id
+        for day in (5, 6, 7)
+    ]
+    first = await client.get(f"{BASE}/runs", params={"limit": 2}, headers=admin)
+    assert first.status_code == 200, first.text
+    assert first.json()["next_cursor"]
+    second = await client.get(
+        f"{BASE}/runs", params={"limit": 2, "cursor": first.json()["next_cursor"]}, headers=admin
+    )
+    assert second.json()["next_cursor"] is None
+    listed = [r["id"] for r in first.json()["items"] + second.json()["items"]]
+    assert listed == [str(run_id) for run_id in reversed(queued)]
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "2026-01-05T00:00:00~not-a-uuid", "1~2~3"])
+async def test_a_cursor_the_api_did_not_return_is_a_400(
+    client: httpx.AsyncClient, admin: dict[str, str], cursor: str
+) -> None:
+    for path in (f"{BASE}/runs", f"{BASE}/runs/00000000-0000-0000-0000-000000000001/quarantine"):
+        response = await client.get(path, params={"cursor": cursor}, headers=admin)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["field"] == "cursor"

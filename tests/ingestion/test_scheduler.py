@@ -156,7 +156,7 @@ async def test_created_source_does_not_catch_up_on_past_slots(ingest: IngestKit)
 
 
 async def test_due_sources_carry_their_own_tenants_timezone(ingest: IngestKit) -> None:
-    from app.modules.ingestion.scheduler import _due_sources
+    from app.modules.ingestion.repository import scheduled_sources
 
     await ingest.tenant("tokyo", timezone="Asia/Tokyo")
     await ingest.tenant("berlin", timezone="Europe/Berlin")
@@ -168,5 +168,5 @@ async def test_due_sources_carry_their_own_tenants_timezone(ingest: IngestKit) -
     made[(await ingest.source(tenant_id="tokyo", schedule=hourly)).id] = "Asia/Tokyo"
     await ingest.source(tenant_id="berlin")  # no schedule: not listed
     async with ingest.db.session(all_tenants=True) as session:
-        due = await _due_sources(session)
+        due = await scheduled_sources(session)
     assert {s.id: s.timezone for s in due} == made

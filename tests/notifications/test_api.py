@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.core.db import Database
 from app.main import create_app
-from app.modules.notifications import notify_run_outcome
+from app.modules.notifications import EmailLinks, notify_run_outcome
 from app.modules.notifications.models import OutboxEmail
 from tests.conftest import make_settings, serve_in_process
 from tests.fixtures.oidc import AuthHeaders
@@ -144,6 +144,8 @@ async def test_outbox_lists_own_emails_without_bodies_newest_first_in_pages(
                 attempts=1,
                 error="secret details of " + tenant,
                 finished_at=datetime.now(UTC),
+                links=EmailLinks("https://pulse.example"),
+                previous_failures=0,
             )
             await session.commit()
 

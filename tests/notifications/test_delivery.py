@@ -18,7 +18,7 @@ from sqlalchemy import select
 from app.core.db import Database
 from app.core.logging import configure_logging
 from app.core.settings import Settings
-from app.modules.notifications import notify_run_outcome
+from app.modules.notifications import EmailLinks, notify_run_outcome
 from app.modules.notifications.models import OutboxEmail
 from app.modules.notifications.sender import OutboxSender
 from app.modules.notifications.smtp import target_from_settings
@@ -72,6 +72,8 @@ async def _fail_run(
             attempts=5,
             error="BigQuery said: Access Denied: Dataset analytics_123",
             finished_at=datetime(2026, 11, 27, 7, 5, tzinfo=UTC),
+            links=EmailLinks("https://pulse.example"),
+            previous_failures=0,
         )
         await session.commit()
     return run_id

@@ -11,7 +11,7 @@ import pytest
 
 from app.core.db import Database
 from app.core.settings import Settings
-from app.modules.notifications import notify_run_outcome
+from app.modules.notifications import EmailLinks, notify_run_outcome
 from app.modules.notifications.sender import OutboxSender
 from app.modules.notifications.smtp import compose, target_from_settings
 from app.modules.notifications.templates import one_line
@@ -54,6 +54,8 @@ async def _failed(db: Database, *, source_name: str, error: str) -> None:
             attempts=2,
             error=error,
             finished_at=datetime.now(UTC),
+            links=EmailLinks("https://pulse.example"),
+            previous_failures=0,
         )
         await session.commit()
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from app.core.db import Database
-from app.modules.notifications import notify_run_outcome
+from app.modules.notifications import EmailLinks, notify_run_outcome
 from app.modules.notifications.models import OutboxEmail
 from tests.notifications.conftest import MakeTenant
 
@@ -14,7 +14,12 @@ FINISHED = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
 
 
 async def _outcome(
-    db: Database, source_id: uuid.UUID, status: str, *, run_id: uuid.UUID | None = None
+    db: Database,
+    source_id: uuid.UUID,
+    status: str,
+    *,
+    run_id: uuid.UUID | None = None,
+    previous_failures: int = 0,
 ) -> uuid.UUID:
     run_id = run_id or uuid.uuid4()
     async with db.session(all_tenants=True) as session:
@@ -28,6 +33,8 @@ async def _outcome(
             attempts=3,
             error="permission denied on dataset analytics_1" if status == "failed" else None,
             finished_at=FINISHED,
+            links=EmailLinks("https://pulse.example"),
+            previous_failures=previous_failures,
         )
         await session.commit()
     return run_id
@@ -55,7 +62,7 @@ async def test_failed_run_queues_one_email_per_recipient_once(
     assert email.subject == "[Pulse] Import failed: GA4 <main>"
     assert "permission denied on dataset analytics_1" in email.body_text
     assert "Attempts:  3" in email.body_text
-    assert f"/api/v1/tenants/acme/runs/{run_id}" in email.body_text
+    assert f"https://pulse.example/api/v1/tenants/acme/runs/{run_id}" in email.body_text
     assert "2026-11-27 10:30 CET" in email.body_text  # Europe/Berlin
     assert "GA4 &lt;main&gt;" in email.body_html
     assert "<main>" not in email.body_html
@@ -82,9 +89,10 @@ async def test_success_after_failures_is_a_recovery_and_plain_success_is_silent(
     await _outcome(db, source, "succeeded")
     assert await _outbox(db) == []
 
+    # The streak is ingestion's: it hands over how many runs failed before this one.
     await _outcome(db, source, "failed")
-    await _outcome(db, source, "failed")
-    await _outcome(db, source, "succeeded")
+    await _outcome(db, source, "failed", previous_failures=1)
+    await _outcome(db, source, "succeeded", previous_failures=2)
     await _outcome(db, source, "succeeded")
 
     kinds = [e.kind for e in await _outbox(db)]

@@ -2,16 +2,21 @@
 
 Context bound with ``structlog.contextvars`` appears on every line logged inside it,
 including library logs routed through the standard ``logging`` module (uvicorn,
-sqlalchemy). What is bound today:
+sqlalchemy, asyncssh). What is bound:
 
 - ``request_id`` on every line logged while a request is handled (the observability
   middleware; the same id is sent back as ``X-Request-ID``);
+- ``tenant_id`` and ``run_id`` on every line of an import run (the runner binds them in
+  the run's task, whose helper tasks inherit them; the reaper binds them per expired
+  run), plus the ``request_id`` of the request that queued the run, if one did;
 - ``email_id`` (the outbox id) and ``tenant_id`` on every line the outbox sender logs
-  while it handles one email.
+  while it handles one email, plus the ``request_id`` of the request that queued it.
 
-Other lines carry only the fields their call passes (an import run's lines pass
-``run_id`` themselves, most also ``tenant_id``; background jobs do not inherit the
-request id of the request that caused them).
+A request's id follows the work it causes through the database, not the process: a run
+or an email queued while a request is handled records :func:`current_request_id` on its
+row, and the runner or the sender binds it again when it picks the row up (on any
+replica, after any number of retries). An alert email queued by a run inherits the run's
+request id the same way. The import worker processes log without this context.
 """
 
 from __future__ import annotations
@@ -142,6 +147,13 @@ def _start_listener(handler: logging.Handler) -> logging.Handler:
 def _flush_logs() -> None:
     if _listener is not None:
         _listener.stop()
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled, if any: what a run or an email queued by it
+    records, so their own log lines carry it later."""
+    value = structlog.contextvars.get_contextvars().get("request_id")
+    return str(value) if value else None
 
 
 def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:

@@ -15,13 +15,13 @@ from litestar.di import Provide
 
 from app.modules import Module
 from app.modules.auth.claims import ClaimMapping
-from app.modules.auth.deps import provide_principal
+from app.modules.auth.deps import issuer_discovery, provide_principal
 from app.modules.auth.guards import require_access
-from app.modules.auth.jwks import KeySet, OidcDiscovery, parse_jwks
+from app.modules.auth.key_sources import OidcDiscovery
+from app.modules.auth.keys import KeySet, parse_jwks
 from app.modules.auth.lifespan import auth_lifespan
 from app.modules.auth.principal import ROLES, Principal, Role
 from app.modules.auth.routes import MeController
-from app.modules.auth.service import issuer_discovery
 
 module = Module(
     name="auth",

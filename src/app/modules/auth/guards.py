@@ -17,6 +17,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from app.core.errors import NotFound, Unauthorized
+from app.modules.auth.deps import PRINCIPAL_KEY, auth_metrics_of, authenticator_of
 from app.modules.auth.errors import (
     IdentityProviderUnavailable,
     InvalidToken,
@@ -27,11 +28,8 @@ from app.modules.auth.errors import (
     missing_token,
 )
 from app.modules.auth.principal import ROLE_RANK, Principal
-from app.modules.auth.service import Authenticator
 
 log = structlog.get_logger("app.auth")
-
-PRINCIPAL_KEY = "pulse.principal"
 
 
 def is_public(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> bool:
@@ -75,7 +73,7 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
     except Unauthorized:
         _count_rejection(connection, "missing")
         raise
-    authenticator: Authenticator | None = getattr(connection.app.state, "auth", None)
+    authenticator = authenticator_of(connection.app.state)
     if authenticator is None:
         raise idp_unavailable()
     try:
@@ -94,7 +92,7 @@ async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princi
 
 
 def _count_rejection(connection: ASGIConnection[Any, Any, Any, Any], reason: str) -> None:
-    metrics = getattr(connection.app.state, "auth_metrics", None)
+    metrics = auth_metrics_of(connection.app.state)
     if metrics is not None:
         metrics.rejections.labels(reason=reason).inc()
 

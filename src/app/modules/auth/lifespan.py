@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -16,8 +15,11 @@ from prometheus_client import Counter
 from app.core.lifespan import ConfigurationError
 from app.core.settings import Settings
 from app.modules.auth.claims import ClaimMapping
+from app.modules.auth.deps import AuthMetrics, auth_metrics_of, set_auth_metrics, set_authenticator
 from app.modules.auth.introspection import Introspector
-from app.modules.auth.jwks import HttpKeySource, JwksCache, KeySet, StaticKeySource
+from app.modules.auth.jwks import JwksCache
+from app.modules.auth.key_sources import HttpKeySource, StaticKeySource
+from app.modules.auth.keys import KeySet
 from app.modules.auth.service import Authenticator
 from app.modules.auth.tokens import TokenCache, TokenValidator
 
@@ -88,15 +90,9 @@ def _validator(
     )
 
 
-@dataclass(frozen=True)
-class AuthMetrics:
-    jwks_fetches: Counter
-    rejections: Counter
-
-
 def auth_metrics(state: Any) -> AuthMetrics:
     """The auth counters on the app's registry (registered once per app)."""
-    existing: AuthMetrics | None = getattr(state, "auth_metrics", None)
+    existing = auth_metrics_of(state)
     if existing is not None:
         return existing
     registry = state.metrics.registry
@@ -111,7 +107,7 @@ def auth_metrics(state: Any) -> AuthMetrics:
             registry=registry,
         ),
     )
-    state.auth_metrics = metrics
+    set_auth_metrics(state, metrics)
     return metrics
 
 
@@ -170,7 +166,7 @@ async def auth_lifespan(app: Litestar) -> AsyncIterator[None]:
     else:
         log.warning("auth.no_issuer", env=settings.env, effect="every token is refused with 503")
         authenticator = Authenticator(issuer=None, validator=None, keys=None)
-    state.auth = authenticator
+    set_authenticator(state, authenticator)
     refresher = None
     if authenticator.keys is not None and not settings.runs_dev_issuer:
         # The first run is the prefetch: start-up never waits for (or fails on) the IdP.

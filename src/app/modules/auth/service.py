@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from app.modules.auth.errors import IdentityProviderUnavailable, InvalidToken
 from app.modules.auth.introspection import Introspector
-from app.modules.auth.jwks import JwksCache, OidcDiscovery
+from app.modules.auth.jwks import JwksCache
+from app.modules.auth.key_sources import OidcDiscovery
 from app.modules.auth.principal import Principal
 from app.modules.auth.tokens import TokenValidator, check_size, looks_like_jwt
 
@@ -44,10 +44,3 @@ class Authenticator:
             await self.keys.close()
         if self.introspector is not None:
             await self.introspector.close()
-
-
-def issuer_discovery(state: Any) -> OidcDiscovery | None:
-    """The configured issuer's discovery document, shared with the key cache; None when no
-    issuer is configured (or before the auth hook started)."""
-    authenticator: Authenticator | None = getattr(state, "auth", None)
-    return None if authenticator is None else authenticator.discovery

@@ -13,7 +13,8 @@ import jwt
 
 from app.modules.auth.claims import ClaimMapping, ClaimsError
 from app.modules.auth.errors import InvalidToken
-from app.modules.auth.jwks import JwksCache, KeySet, VerificationKey
+from app.modules.auth.jwks import JwksCache
+from app.modules.auth.keys import KeySet, VerificationKey
 from app.modules.auth.principal import Principal
 
 # Anything longer is refused before base64 or JSON work: real access tokens are far smaller.

@@ -13,7 +13,8 @@ from litestar import Litestar
 from app.core.crypto import SecretKeyMissing, load_secret_box
 from app.core.lifespan import ConfigurationError
 from app.core.settings import Settings
-from app.modules.ingestion.runner import IngestMetrics, Runner, create_worker_pool
+from app.modules.ingestion.execution import IngestMetrics
+from app.modules.ingestion.runner import Runner, create_worker_pool
 from app.modules.ingestion.scheduler import Scheduler
 from app.modules.ingestion.state import IngestionState
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,7 +206,7 @@ class BatchLoader:
                     rows_loaded=rows,
                 )
             # Last, so the run row stays locked only for the commit itself.
-            state = await repository.record_batch(
+            state = await repository.renew_lease(
                 session,
                 self._run_id,
                 owner=self._owner,
@@ -230,15 +229,3 @@ class BatchLoader:
         pending, self._pending = self._pending, None
         if pending is not None:
             await pending.session.close()
-
-    @property
-    def has_pending(self) -> bool:
-        return self._pending is not None
-
-
-def counts_dict(counts: BatchCounts) -> Mapping[str, int]:
-    return {
-        "rows_loaded": counts.loaded,
-        "rows_duplicate": counts.duplicates,
-        "rows_rejected": counts.rejected,
-    }

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    String,
     Text,
     func,
     text,
@@ -56,6 +57,8 @@ class Run(Base):
         UUID(as_uuid=True), ForeignKey("ingestion_sources.id", ondelete="CASCADE")
     )
     trigger: Mapped[str] = mapped_column(Text)
+    # The request that queued a manual run or backfill; its log lines carry it too.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     window_start: Mapped[date | None] = mapped_column(Date)
     window_end: Mapped[date | None] = mapped_column(Date)
     files: Mapped[list[str] | None] = mapped_column(JSONB)

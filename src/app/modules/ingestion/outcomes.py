@@ -11,9 +11,8 @@ import uuid
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.backoff import backoff_s
 from app.modules.ingestion import repository
-from app.modules.notifications import notify_run_outcome
+from app.modules.notifications import EmailLinks, notify_run_outcome
 
 log = structlog.get_logger("app.ingestion")
 
@@ -24,6 +23,7 @@ async def record_outcome(
     *,
     owner: str | None,
     status: str,
+    links: EmailLinks,
     error_class: str | None = None,
     error_message: str | None = None,
 ) -> repository.FinishedRun | None:
@@ -38,19 +38,20 @@ async def record_outcome(
     )
     if finished is None:
         return None
-    await repository.record_source_outcome(session, finished.source_id, run_id, finished)
+    source = await repository.record_source_outcome(session, finished.source_id, run_id, finished)
     if status in ("succeeded", "failed"):
-        name = await repository.source_name(session, finished.source_id)
         await notify_run_outcome(
             session,
             tenant_id=finished.tenant_id,
             run_id=run_id,
             source_id=finished.source_id,
-            source_name=name,
+            source_name=source.name,
             status="succeeded" if status == "succeeded" else "failed",
             attempts=finished.attempt,
             error=None if error_message is None else f"{error_class}: {error_message}",
             finished_at=finished.finished_at,
+            links=links,
+            previous_failures=source.previous_failures,
         )
     log.info(
         "run.finished",
@@ -63,6 +64,3 @@ async def record_outcome(
         error_class=error_class,
     )
     return finished
-
-
-__all__ = ["backoff_s", "record_outcome"]

@@ -27,13 +27,14 @@ from app.core.db import Database
 from app.core.errors import error_responses
 from app.core.outbound import policy_for
 from app.core.settings import Settings
-from app.core.validation import BIGINT_MAX
 from app.modules.ingestion import schemas, service
 from app.modules.ingestion.deps import RunnerSignals
 
 TENANT = "/api/v1/tenants/{tenant_id:str}"
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, QueryParameter(ge=0, le=BIGINT_MAX, description="Items to skip")]
+Cursor = Annotated[
+    str | None, QueryParameter(max_length=200, description="next_cursor of the previous page")
+]
 
 
 class SourceController(Controller):
@@ -197,10 +198,10 @@ class RunController(Controller):
             schemas.RunStatus | None, QueryParameter(description="Only this status")
         ] = None,
         limit: Limit = 50,
-        offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> schemas.RunPage:
         return await service.list_runs(
-            db_session, tenant_id, source_id=source_id, status=status, limit=limit, offset=offset
+            db_session, tenant_id, source_id=source_id, status=status, limit=limit, cursor=cursor
         )
 
     @get(
@@ -242,7 +243,7 @@ class RunController(Controller):
         "/{run_id:uuid}/quarantine",
         operation_id="listQuarantinedRows",
         summary="Rows of a run that failed validation, with line numbers and reasons",
-        responses=error_responses(401, 403, 404),
+        responses=error_responses(400, 401, 403, 404),
     )
     async def quarantine(
         self,
@@ -250,10 +251,10 @@ class RunController(Controller):
         run_id: FromPath[uuid.UUID],
         db_session: NamedDependency[AsyncSession],
         limit: Limit = 100,
-        offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> schemas.QuarantinePage:
         return await service.list_quarantine(
-            db_session, tenant_id, run_id, limit=limit, offset=offset
+            db_session, tenant_id, run_id, limit=limit, cursor=cursor
         )
 
     @get(

@@ -2,8 +2,9 @@
 
 One runner per process. It polls (and can be woken) to reap expired leases, notice
 cancel requests and claim runs with ``FOR UPDATE SKIP LOCKED`` up to its concurrency.
-Each claimed run gets a heartbeat task renewing its lease; losing the lease stops the
-run without committing anything further. At shutdown the runner stops claiming,
+Each claimed run executes in its own task (``ingestion.execution``: load, heartbeat,
+cancel, outcome); losing the lease stops the run without committing anything further.
+At shutdown the runner stops claiming,
 lets runs finish for the grace period, then cancels them and releases their leases
 so they are queued again without spending an attempt.
 """
@@ -16,55 +17,35 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
-import msgspec
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.crypto import SecretBox
 from app.core.db import Database
-from app.core.outbound import policy_for
 from app.core.settings import Settings
 from app.core.workers import WorkerPool
 from app.modules.ingestion import repository
-from app.modules.ingestion.connectors import get_connector, load_builtin_connectors
-from app.modules.ingestion.connectors.base import (
-    Batch,
-    DateWindow,
-    ExtractContext,
-    LedgerEntry,
-    Progress,
-    RunCancelled,
-    TerminalError,
+from app.modules.ingestion.connectors import load_builtin_connectors
+from app.modules.ingestion.execution import (
+    DB_STEP_TIMEOUT_S,
+    ActiveRun,
+    IngestMetrics,
+    RunExecution,
+    run_log_context,
 )
-from app.modules.ingestion.errors import describe, is_transient
-from app.modules.ingestion.loader import BatchLoader, LeaseLost
-from app.modules.ingestion.outcomes import backoff_s, record_outcome
+from app.modules.ingestion.outcomes import record_outcome
 from app.modules.ingestion.prepare import PRELOAD
-from app.modules.ingestion.secrets import open_secrets
+from app.modules.notifications import EmailLinks
 
 log = structlog.get_logger("app.ingestion.runner")
 
 # A runner needs every built-in connector registered, with or without the app around it
 # (the package no longer imports them itself: the worker processes must not).
 load_builtin_connectors()
-
-# After a cancel is noticed, a run gets this long to reach a batch boundary on its own.
-CANCEL_GRACE_S = 2.0
-DB_STEP_TIMEOUT_S = 10.0
-ANALYZE_TIMEOUT_S = 300.0
-_ANALYZE_EVENTS = (
-    text("SET LOCAL statement_timeout = '300s'"),
-    # The owner's function (migration 0006i): the app's role owns no table to analyse.
-    text("SELECT pulse_analyze_events()"),
-)
 
 
 def create_worker_pool(settings: Settings) -> WorkerPool:
@@ -80,32 +61,9 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-class IngestMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.finished = Counter(
-            "pulse_ingest_runs_finished",
-            "Runs reaching an outcome (or a retry), by status.",
-            ["status"],
-            registry=registry,
-        )
-        self.rows_loaded = Counter(
-            "pulse_ingest_rows_loaded", "New events committed by imports.", registry=registry
-        )
-        self.active = Gauge(
-            "pulse_ingest_runs_active", "Runs executing in this process.", registry=registry
-        )
+class Runner(RunExecution):
+    """The claim loop of this process; the steps of one run are :class:`RunExecution`'s."""
 
-
-@dataclass
-class ActiveRun:
-    run: repository.ClaimedRun
-    progress: Progress = field(default_factory=Progress)
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    lease_lost: bool = False
-    task: asyncio.Task[None] | None = None
-
-
-class Runner:
     def __init__(
         self,
         db: Database,
@@ -125,6 +83,7 @@ class Runner:
         self.http = http
         self.executor = executor
         self.metrics = metrics
+        self.links = EmailLinks.from_settings(settings)
         # Without a pool from the app's lifespan (tests, tools) the runner owns one.
         self.workers = workers or create_worker_pool(settings)
         self._owns_workers = workers is None
@@ -220,14 +179,6 @@ class Runner:
         active.task.add_done_callback(lambda _: self._finished(claimed.id))
         if self.metrics:
             self.metrics.active.inc()
-        log.info(
-            "run.claimed",
-            run_id=str(claimed.id),
-            tenant_id=claimed.tenant_id,
-            source_id=str(claimed.source_id),
-            attempt=claimed.attempt,
-            owner=self.owner,
-        )
 
     def _finished(self, run_id: uuid.UUID) -> None:
         self.active.pop(run_id, None)
@@ -240,20 +191,25 @@ class Runner:
         async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(all_tenants=True) as session:
             expired = await repository.lock_expired_runs(session)
             for run in expired:
-                if run.attempt >= run.max_attempts:
-                    await record_outcome(
-                        session,
-                        run.id,
-                        owner=None,
-                        status="failed",
-                        error_class="LeaseExpired",
-                        error_message="the worker stopped renewing its lease on the last attempt",
-                    )
-                else:
-                    await repository.requeue_expired(session, run.id)
-                log.warning("run.lease_expired", run_id=str(run.id), owner=run.lease_owner)
+                with structlog.contextvars.bound_contextvars(**run_log_context(run)):
+                    await self._reap(session, run)
             await session.commit()
         return len(expired)
+
+    async def _reap(self, session: AsyncSession, run: repository.ExpiredRun) -> None:
+        if run.attempt >= run.max_attempts:
+            await record_outcome(
+                session,
+                run.id,
+                owner=None,
+                status="failed",
+                links=self.links,
+                error_class="LeaseExpired",
+                error_message="the worker stopped renewing its lease on the last attempt",
+            )
+        else:
+            await repository.requeue_expired(session, run.id)
+        log.warning("run.lease_expired", owner=run.lease_owner)
 
     async def _notice_cancels(self) -> None:
         ids = [i for i, a in self.active.items() if not a.cancel.is_set()]
@@ -265,255 +221,3 @@ class Runner:
                     self.active[run_id].cancel.set()
 
     # --- one run -----------------------------------------------------------
-    async def _execute(self, active: ActiveRun) -> None:
-        run = active.run
-        load = asyncio.create_task(self._load(active), name=f"ingest-load-{run.id}")
-        helpers = [
-            asyncio.create_task(self._heartbeat(active, load)),
-            asyncio.create_task(self._watch_cancel(active, load)),
-        ]
-        try:
-            try:
-                await asyncio.wait({load})
-            except asyncio.CancelledError:
-                # Shutdown after the grace period: stop, roll back, hand the run back.
-                load.cancel()
-                await asyncio.wait({load}, timeout=DB_STEP_TIMEOUT_S)
-                await self._release(run)
-                raise
-            await self._conclude(active, load)
-        finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-
-    async def _conclude(self, active: ActiveRun, load: asyncio.Task[None]) -> None:
-        run = active.run
-        exc: BaseException | None = None if load.cancelled() else load.exception()
-        if active.lease_lost or isinstance(exc, LeaseLost):
-            log.warning("run.lease_lost", run_id=str(run.id), owner=self.owner)
-            return
-        if load.cancelled() or isinstance(exc, RunCancelled):
-            await self._record(run, "cancelled")
-        elif exc is None:
-            await self._record(run, "succeeded")
-        else:
-            await self._failed(run, exc)
-
-    async def _record(self, run: repository.ClaimedRun, status: str, **error: Any) -> None:
-        try:
-            async with (
-                asyncio.timeout(DB_STEP_TIMEOUT_S),
-                self.db.session(run.tenant_id) as session,
-            ):
-                await record_outcome(session, run.id, owner=self.owner, status=status, **error)
-                await session.commit()
-        except Exception:
-            # The lease will expire and the reaper re-queues the run; loading is idempotent.
-            log.exception("run.outcome_not_recorded", run_id=str(run.id), status=status)
-            return
-        if self.metrics:
-            self.metrics.finished.labels(status).inc()
-
-    async def _failed(self, run: repository.ClaimedRun, exc: BaseException) -> None:
-        error_class, message = describe(exc)
-        transient = is_transient(exc)
-        log_method = log.warning if transient else log.error
-        log_method(
-            "run.error",
-            run_id=str(run.id),
-            tenant_id=run.tenant_id,
-            attempt=run.attempt,
-            transient=transient,
-            error_class=error_class,
-            error=message,
-            exc_info=exc if not isinstance(exc, TerminalError) else None,
-        )
-        if not transient or run.attempt >= run.max_attempts:
-            await self._record(run, "failed", error_class=error_class, error_message=message)
-            return
-        delay = backoff_s(
-            run.attempt,
-            base_s=self.settings.ingest_retry_base_s,
-            max_s=self.settings.ingest_retry_max_s,
-        )
-        try:
-            async with (
-                asyncio.timeout(DB_STEP_TIMEOUT_S),
-                self.db.session(run.tenant_id) as session,
-            ):
-                await repository.retry_run(
-                    session,
-                    run.id,
-                    owner=self.owner,
-                    delay_s=delay,
-                    error_class=error_class,
-                    error_message=message,
-                )
-                await session.commit()
-        except Exception:
-            log.exception("run.retry_not_recorded", run_id=str(run.id))
-            return
-        if self.metrics:
-            self.metrics.finished.labels("retrying").inc()
-        log.info("run.retry_scheduled", run_id=str(run.id), delay_s=round(delay, 2))
-
-    async def _release(self, run: repository.ClaimedRun) -> None:
-        try:
-            async with (
-                asyncio.timeout(DB_STEP_TIMEOUT_S),
-                self.db.session(run.tenant_id) as session,
-            ):
-                await repository.release_run(session, run.id, owner=self.owner)
-                await session.commit()
-            log.info("run.released", run_id=str(run.id), owner=self.owner)
-        except Exception:
-            log.exception("run.release_failed", run_id=str(run.id))
-
-    async def _heartbeat(self, active: ActiveRun, load: asyncio.Task[None]) -> None:
-        run = active.run
-        last_ok = time.monotonic()
-        while not load.done():
-            await asyncio.sleep(self.heartbeat_s)
-            try:
-                async with (
-                    asyncio.timeout(self.lease_s / 2),
-                    self.db.session(run.tenant_id) as session,
-                ):
-                    state = await repository.heartbeat(
-                        session,
-                        run.id,
-                        owner=self.owner,
-                        lease_s=self.lease_s,
-                        progress=active.progress,
-                    )
-                    await session.commit()
-            except Exception as exc:
-                log.warning("run.heartbeat_failed", run_id=str(run.id), error=type(exc).__name__)
-                if time.monotonic() - last_ok < self.lease_s:
-                    continue
-                state = repository.LeaseState(held=False, cancel_requested=False)
-            if not state.held:
-                active.lease_lost = True
-                load.cancel()
-                return
-            last_ok = time.monotonic()
-            if state.cancel_requested:
-                active.cancel.set()
-
-    async def _watch_cancel(self, active: ActiveRun, load: asyncio.Task[None]) -> None:
-        await active.cancel.wait()
-        log.info("run.cancel_requested", run_id=str(active.run.id))
-        _, pending = await asyncio.wait({load}, timeout=CANCEL_GRACE_S)
-        if pending:
-            load.cancel()  # not at a batch boundary in time: interrupt the step
-
-    async def _load(self, active: ActiveRun) -> None:
-        run = active.run
-        async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(run.tenant_id) as session:
-            source = await repository.source_for_run(session, run.source_id)
-        if source is None:
-            raise TerminalError("the source was deleted")
-        connector = get_connector(source.kind)
-        if connector is None:
-            raise TerminalError(f"no connector for kind {source.kind!r}")
-        try:
-            config = msgspec.convert(source.config, connector.config_type)
-        except msgspec.ValidationError as exc:
-            raise TerminalError(f"invalid config: {exc}") from None
-        secrets = open_secrets(
-            self.box,
-            connector,
-            tenant_id=source.tenant_id,
-            source_id=source.id,
-            ciphertext=source.secrets_ciphertext,
-        )
-        window = (
-            DateWindow(run.window_start, run.window_end)
-            if run.window_start and run.window_end
-            else None
-        )
-
-        async def imported_files() -> dict[str, list[LedgerEntry]]:
-            async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(source.tenant_id) as s:
-                return await repository.imported_files(s, source.id)
-
-        ctx = ExtractContext(
-            tenant_id=source.tenant_id,
-            source_id=source.id,
-            config=config,
-            secrets=secrets,
-            timezone=source.timezone,
-            http=self.http,
-            executor=self.executor,
-            workers=self.workers,
-            run_id=run.id,
-            attempt=run.attempt,
-            window=window,
-            files=run.files,
-            cursor=dict(source.cursor),
-            batch_rows=self.settings.ingest_batch_rows,
-            progress=active.progress,
-            is_cancelled=lambda: active.cancel.is_set() or self._stopping,
-            imported_files=imported_files,
-            outbound=policy_for(self.settings),
-        )
-        loader = BatchLoader(
-            self.db,
-            run_id=run.id,
-            tenant_id=source.tenant_id,
-            source_id=source.id,
-            owner=self.owner,
-            lease_s=self.lease_s,
-            batch_rows=self.settings.ingest_batch_rows,
-            quarantine_cap=self.settings.ingest_quarantine_cap,
-            already_quarantined=run.rows_quarantined,
-            progress=active.progress,
-            workers=self.workers,
-            lock_wait_s=self.settings.ingest_load_lock_wait_s,
-            work_mem_mb=self.settings.ingest_work_mem_mb,
-        )
-        active.progress.report(stage="extracting")
-        batches: AsyncIterator[Batch] = connector.extract(ctx)
-        try:
-            async for batch in batches:
-                self._check(active)
-                await loader.add(batch)
-                if loader.cancel_requested:
-                    active.cancel.set()
-            self._check(active)
-            await loader.commit()
-        finally:
-            await loader.discard()
-            aclose = getattr(batches, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if self.metrics:
-            self.metrics.rows_loaded.inc(loader.committed.loaded)
-        if loader.committed.loaded >= self.settings.ingest_analyze_min_rows:
-            active.progress.report(stage="analysing")
-            await self._analyze(run)
-
-    async def _analyze(self, run: repository.ClaimedRun) -> None:
-        """Fresh planner statistics for ``events`` after a large load.
-
-        Until autovacuum gets to it, a table that just received a large load (a new
-        tenant's first import above all) has statistics that do not know those rows,
-        and the raw-events queries' plans can be orders of magnitude off. Done before
-        the run is reported finished, so a query right after it sees the new statistics.
-        A failure only costs the statistics (logged), never the run.
-        """
-        async with self._analyze_lock:
-            try:
-                async with asyncio.timeout(ANALYZE_TIMEOUT_S), self.db.session() as session:
-                    for statement in _ANALYZE_EVENTS:
-                        await session.execute(statement)
-                    await session.commit()
-            except Exception as exc:
-                log.warning("run.analyze_failed", run_id=str(run.id), error=type(exc).__name__)
-
-    def _check(self, active: ActiveRun) -> None:
-        if active.lease_lost:
-            raise LeaseLost()
-        if active.cancel.is_set():
-            raise RunCancelled()

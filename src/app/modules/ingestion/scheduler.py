@@ -14,40 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import structlog
 from cronsim import CronSim, CronSimError
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Database
 from app.core.settings import Settings
+from app.modules.ingestion import repository
 from app.modules.ingestion.connectors import get_connector
+from app.modules.ingestion.repository import ScheduledSource
 from app.modules.ingestion.timezones import zone
-from app.modules.tenants import tenant_timezones
 
 log = structlog.get_logger("app.ingestion.scheduler")
 
 _CRON_LOOKBACK = timedelta(days=8)
 _MAX_CRON_STEPS = 20_000
-
-
-@dataclass(frozen=True)
-class ScheduledSource:
-    id: uuid.UUID
-    tenant_id: str
-    kind: str
-    config: dict[str, Any]
-    schedule_cron: str | None
-    schedule_interval_s: int | None
-    last_scheduled_at: datetime | None
-    created_at: datetime
-    timezone: str
 
 
 def latest_slot(source: ScheduledSource, now: datetime, tz: Any) -> datetime | None:
@@ -75,90 +59,6 @@ def validate_cron(expression: str) -> str | None:
     except (CronSimError, StopIteration, ValueError) as exc:
         return str(exc) or "invalid cron expression"
     return None
-
-
-async def _due_sources(session: AsyncSession) -> list[ScheduledSource]:
-    rows = await session.execute(
-        text(
-            """
-            SELECT id, tenant_id, kind, config, schedule_cron, schedule_interval_s,
-                   last_scheduled_at, created_at
-            FROM ingestion_sources
-            WHERE enabled AND (schedule_cron IS NOT NULL OR schedule_interval_s IS NOT NULL)
-            """
-        )
-    )
-    found = rows.all()
-    timezones = await tenant_timezones(session, (r.tenant_id for r in found))
-    # A tenant deleted since the first query has no timezone left: its sources go with it.
-    return [
-        ScheduledSource(**r._asdict(), timezone=timezones[r.tenant_id])
-        for r in found
-        if r.tenant_id in timezones
-    ]
-
-
-async def schedule_slot(
-    session: AsyncSession,
-    source: ScheduledSource,
-    slot: datetime,
-    window: tuple[date, date] | None,
-    *,
-    max_attempts: int,
-) -> uuid.UUID | None:
-    """Queue the run for ``slot`` (or fold it into a waiting one); returns a new run's id."""
-    start, end = window if window else (None, None)
-    folded = (
-        await session.execute(
-            text(
-                """
-                UPDATE ingestion_runs
-                SET window_start = LEAST(window_start, :start),
-                    window_end = GREATEST(window_end, :end), updated_at = now()
-                WHERE id = (
-                    SELECT id FROM ingestion_runs
-                    WHERE source_id = :source_id AND status = 'queued' AND trigger = 'scheduled'
-                    ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-                RETURNING id
-                """
-            ),
-            {"source_id": source.id, "start": start, "end": end},
-        )
-    ).scalar_one_or_none()
-    run_id: uuid.UUID | None = None
-    if folded is None:
-        run_id = (
-            await session.execute(
-                text(
-                    """
-                    INSERT INTO ingestion_runs (id, tenant_id, source_id, trigger, window_start,
-                        window_end, scheduled_for, max_attempts)
-                    VALUES (:id, :tenant_id, :source_id, 'scheduled', :start, :end, :slot,
-                        :max_attempts)
-                    ON CONFLICT (source_id, scheduled_for) WHERE scheduled_for IS NOT NULL
-                    DO NOTHING
-                    RETURNING id
-                    """
-                ),
-                {
-                    "id": uuid.uuid4(),
-                    "tenant_id": source.tenant_id,
-                    "source_id": source.id,
-                    "start": start,
-                    "end": end,
-                    "slot": slot,
-                    "max_attempts": max_attempts,
-                },
-            )
-        ).scalar_one_or_none()
-    await session.execute(
-        text(
-            "UPDATE ingestion_sources SET last_scheduled_at = "
-            "GREATEST(coalesce(last_scheduled_at, :slot), :slot) WHERE id = :id"
-        ),
-        {"id": source.id, "slot": slot},
-    )
-    return run_id
 
 
 class Scheduler:
@@ -208,7 +108,7 @@ class Scheduler:
         """Queue every due slot; returns how many runs were created."""
         now = now or datetime.now(UTC)
         async with self.db.session(all_tenants=True) as session:
-            sources = await _due_sources(session)
+            sources = await repository.scheduled_sources(session)
         created = 0
         for source in sources:
             tz = await zone(source.timezone)
@@ -225,7 +125,7 @@ class Scheduler:
                 except msgspec.ValidationError:
                     log.warning("scheduler.invalid_config", source_id=str(source.id))
             async with self.db.session(source.tenant_id) as session:
-                run_id = await schedule_slot(
+                run_id = await repository.schedule_slot(
                     session,
                     source,
                     slot,

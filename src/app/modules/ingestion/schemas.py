@@ -126,9 +126,8 @@ class Run(msgspec.Struct, kw_only=True):
 
 class RunPage(msgspec.Struct, kw_only=True):
     items: list[Run]
-    limit: int
-    offset: int
-    next_offset: int | None
+    # Pass as `cursor` to get the next (older) page; null on the last page.
+    next_cursor: str | None
 
 
 class QuarantinedRow(msgspec.Struct, kw_only=True):
@@ -141,9 +140,8 @@ class QuarantinedRow(msgspec.Struct, kw_only=True):
 
 class QuarantinePage(msgspec.Struct, kw_only=True):
     items: list[QuarantinedRow]
-    limit: int
-    offset: int
-    next_offset: int | None
+    # Pass as `cursor` to get the next page; null on the last page.
+    next_cursor: str | None
 
 
 class SourceTestCheck(msgspec.Struct, kw_only=True):

@@ -15,7 +15,6 @@ from app.core.settings import Settings
 from app.core.tasks import BackgroundTasks
 from app.modules.notifications.digest import DigestScheduler
 from app.modules.notifications.sender import OutboxSender
-from app.modules.notifications.service import links
 from app.modules.notifications.smtp import SmtpTarget, target_from_settings
 
 log = structlog.get_logger("app.notifications")
@@ -51,7 +50,6 @@ async def notifications_lifespan(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     db: Database = app.state.db
     tasks: BackgroundTasks = app.state.tasks
-    links.base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
     async with AsyncExitStack() as stack:
         target = await _delivery_target(app, settings)
         sender: OutboxSender | None = None

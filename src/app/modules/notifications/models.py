@@ -80,6 +80,8 @@ class OutboxEmail(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     last_error: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(255))
+    # The request that queued it (if one did); the sender's lines for it carry it too.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
@@ -100,7 +102,9 @@ class OutboxEmail(Base):
 
 
 class SourceOutcome(Base):
-    """The last final outcome seen per source, to tell a recovery from a plain success."""
+    """The last final outcome announced per source, so a repeated or late report of an
+    outcome queues nothing. The failure streak is ingestion's: it is handed over with
+    each outcome (``notify_run_outcome(previous_failures=...)``)."""
 
     __tablename__ = "notification_source_outcomes"
 
@@ -108,8 +112,6 @@ class SourceOutcome(Base):
         String(63), ForeignKey(TENANT_FK, ondelete="CASCADE"), primary_key=True
     )
     source_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    last_status: Mapped[str] = mapped_column(String(16))
-    consecutive_failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_run_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     last_finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(

@@ -13,6 +13,7 @@ from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.logging import current_request_id
 from app.modules.notifications.models import (
     DigestSlot,
     NotificationPreferences,
@@ -62,26 +63,17 @@ async def tenants_with_digest(session: AsyncSession) -> Sequence[NotificationPre
 # --- per-source outcomes ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PreviousOutcome:
-    status: str | None  # None: first outcome ever seen for this source
-    consecutive_failures: int
-
-
 async def record_source_outcome(
     session: AsyncSession,
     *,
     tenant_id: str,
     source_id: uuid.UUID,
     run_id: uuid.UUID,
-    status: str,
     finished_at: datetime,
-) -> PreviousOutcome | None:
-    """Store ``status`` as the source's latest outcome and return what it was before.
-
-    Returns None when this run was already recorded (a repeated call) or when a newer
-    outcome is already stored, so callers do not announce the same event twice.
-    """
+) -> bool:
+    """Store the run as the source's latest announced outcome; False when this run was
+    already recorded (a repeated call) or a newer outcome is stored, so callers do not
+    announce the same event twice."""
     row = await _lock_outcome(session, tenant_id, source_id)
     if row is None:
         inserted = await session.execute(
@@ -89,8 +81,6 @@ async def record_source_outcome(
             .values(
                 tenant_id=tenant_id,
                 source_id=source_id,
-                last_status=status,
-                consecutive_failures=1 if status == "failed" else 0,
                 last_run_id=run_id,
                 last_finished_at=finished_at,
             )
@@ -100,20 +90,15 @@ async def record_source_outcome(
             .returning(SourceOutcome.source_id)
         )
         if inserted.scalar_one_or_none() is not None:
-            return PreviousOutcome(status=None, consecutive_failures=0)
+            return True
         row = await _lock_outcome(session, tenant_id, source_id)
         assert row is not None  # a concurrent transaction inserted it first
     if row.last_run_id == run_id or row.last_finished_at > finished_at:
-        return None
-    previous = PreviousOutcome(
-        status=row.last_status, consecutive_failures=row.consecutive_failures
-    )
-    row.last_status = status
+        return False
     row.last_run_id = run_id
     row.last_finished_at = finished_at
-    row.consecutive_failures = row.consecutive_failures + 1 if status == "failed" else 0
     await session.flush()
-    return previous
+    return True
 
 
 async def _lock_outcome(
@@ -152,6 +137,7 @@ async def enqueue(
             subject=message.subject,
             body_text=message.text,
             body_html=message.html,
+            request_id=current_request_id(),
         )
         .on_conflict_do_nothing(constraint="uq_notification_outbox_key")
         .returning(OutboxEmail.id)
@@ -169,6 +155,7 @@ class ClaimedEmail:
     body_text: str
     body_html: str
     attempts: int
+    request_id: str | None
 
 
 async def claim_due(
@@ -215,6 +202,7 @@ async def claim_due(
             OutboxEmail.body_html,
             OutboxEmail.attempts,
             OutboxEmail.next_attempt_at,
+            OutboxEmail.request_id,
         )
     )
     rows = sorted(result.all(), key=lambda r: r.next_attempt_at)
@@ -228,6 +216,7 @@ async def claim_due(
             body_text=r.body_text,
             body_html=r.body_html,
             attempts=r.attempts,
+            request_id=r.request_id,
         )
         for r in rows
     ]

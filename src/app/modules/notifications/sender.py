@@ -57,6 +57,15 @@ MAX_SERVER_PAUSE_S = 60.0
 LEASE_MARGIN_S = 20.0
 
 
+def _log_context(email: ClaimedEmail) -> dict[str, str]:
+    """What every line logged about one email carries: its outbox id, its tenant and the
+    id of the request that queued it (if a request did)."""
+    context = {"email_id": str(email.id), "tenant_id": email.tenant_id}
+    if email.request_id:
+        context["request_id"] = email.request_id
+    return context
+
+
 def lease_for(timeout_s: float) -> float:
     """A lease that covers one bounded SMTP step (connect or one message: each at most
     ``4 * timeout_s``) plus the database writes around it; renewed before every message."""
@@ -175,9 +184,7 @@ class OutboxSender:
     async def record_pending(self) -> None:
         """Write the ``sent`` state of emails accepted earlier (raises while the DB is away)."""
         for email in list(self.unrecorded.values()):
-            with structlog.contextvars.bound_contextvars(
-                email_id=str(email.id), tenant_id=email.tenant_id
-            ):
+            with structlog.contextvars.bound_contextvars(**_log_context(email)):
                 await self._write_sent(email)
             del self.unrecorded[email.id]
 
@@ -188,9 +195,7 @@ class OutboxSender:
         try:
             for index, email in enumerate(claimed):
                 # Every line logged for this email (the SMTP client's too) carries its id.
-                with structlog.contextvars.bound_contextvars(
-                    email_id=str(email.id), tenant_id=email.tenant_id
-                ):
+                with structlog.contextvars.bound_contextvars(**_log_context(email)):
                     if self._stopping.is_set():
                         break
                     if not connection.is_open:
@@ -277,7 +282,7 @@ class OutboxSender:
             log.warning("notifications.sent_after_lease_lost")
             return
         self.metrics.emails.labels(email.kind, "sent").inc()
-        # email_id and tenant_id come from the context bound per email (see _deliver).
+        # email_id, tenant_id and request_id come from the context bound per email (_deliver).
         log.info(
             "email.sent",
             kind=email.kind,

@@ -1,12 +1,11 @@
 """The notifications module's public functions. The caller's session is passed in and only
-flushed; the caller's transaction decides whether the email exists. One piece of process
-state: ``links.base_url`` (absolute links in emails), set by the lifespan hook at start-up."""
+flushed; the caller's transaction decides whether the email exists. No process state:
+what an email needs from the settings (its links' public URL) is handed in."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -14,7 +13,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Invalid
+from app.core.pagination import parse_time_id_cursor, time_id_cursor
 from app.modules.notifications import repository
+from app.modules.notifications.links import EmailLinks
 from app.modules.notifications.models import NotificationPreferences
 from app.modules.notifications.schemas import (
     Alerts,
@@ -38,20 +39,6 @@ log = structlog.get_logger("app.notifications")
 EmailKind = Literal[
     "import_failed", "import_succeeded", "source_recovered", "weekly_digest", "test"
 ]
-
-
-@dataclass(slots=True)
-class _Links:
-    """Absolute links in emails need the public URL; set by the module's lifespan hook."""
-
-    base_url: str = ""
-
-
-links = _Links()
-
-
-def run_link(tenant_id: str, run_id: uuid.UUID) -> str:
-    return f"{links.base_url}/api/v1/tenants/{tenant_id}/runs/{run_id}"
 
 
 async def enqueue_email(
@@ -96,25 +83,27 @@ async def notify_run_outcome(
     attempts: int,
     error: str | None,
     finished_at: datetime,
+    links: EmailLinks,
+    previous_failures: int,
 ) -> None:
     """Record a run's final outcome and queue the alerts it calls for (flush only).
 
     Call it in the transaction that records the outcome. It queues *import failed*
-    (when that alert is on), *source recovered* (a success after one or more failures,
-    when on) or *import succeeded* (off by default) to the tenant's recipients. Calling
-    it twice for the same run queues nothing new.
+    (when that alert is on), *source recovered* (a success after ``previous_failures``
+    failed runs in a row - ingestion keeps that streak and hands it over - when on) or
+    *import succeeded* (off by default) to the tenant's recipients. Calling it twice for
+    the same run queues nothing new.
     """
     if finished_at.tzinfo is None:
         finished_at = finished_at.replace(tzinfo=UTC)
-    previous = await repository.record_source_outcome(
+    announced = await repository.record_source_outcome(
         session,
         tenant_id=tenant_id,
         source_id=source_id,
         run_id=run_id,
-        status=status,
         finished_at=finished_at,
     )
-    if previous is None:
+    if not announced:
         log.info("notifications.outcome_already_recorded", tenant_id=tenant_id, run_id=str(run_id))
         return
     preferences = await repository.get_preferences(session, tenant_id)
@@ -123,7 +112,7 @@ async def notify_run_outcome(
     kind: EmailKind | None = None
     if status == "failed":
         kind = "import_failed" if preferences.import_failed else None
-    elif previous.status == "failed" and preferences.source_recovered:
+    elif previous_failures > 0 and preferences.source_recovered:
         kind = "source_recovered"
     elif preferences.import_succeeded:
         kind = "import_succeeded"
@@ -140,8 +129,8 @@ async def notify_run_outcome(
             attempts=attempts,
             error=error if status == "failed" else None,
             finished=f"{local:%Y-%m-%d %H:%M} {local.tzname() or tenant.timezone.key}",
-            link=run_link(tenant_id, run_id),
-            previous_failures=previous.consecutive_failures,
+            link=links.run(tenant_id, run_id),
+            previous_failures=previous_failures,
         )
     )
     queued = await enqueue_email(
@@ -224,21 +213,6 @@ async def update_notification_settings(
     return _settings_view(tenant, preferences)
 
 
-def _encode_cursor(created_at: datetime, email_id: uuid.UUID) -> str:
-    return f"{created_at.isoformat()}~{email_id}"
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        stamp, _, email_id = cursor.partition("~")
-        created_at = datetime.fromisoformat(stamp)
-        if created_at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return created_at, uuid.UUID(email_id)
-    except ValueError as exc:
-        raise Invalid("cursor is not one this API returned", field="cursor") from exc
-
-
 async def list_outbox(
     session: AsyncSession,
     tenant_id: str,
@@ -249,7 +223,7 @@ async def list_outbox(
 ) -> OutboxPage:
     """The tenant's emails, newest first: status, attempts, last error - never bodies."""
     await tenant_profile(session, tenant_id, required=True)
-    after = _decode_cursor(cursor) if cursor else None
+    after = parse_time_id_cursor(cursor) if cursor else None
     rows = await repository.list_outbox(
         session, tenant_id, limit=limit + 1, status=status, after=after
     )
@@ -271,7 +245,7 @@ async def list_outbox(
     ]
     last = page[-1] if len(rows) > limit and page else None
     return OutboxPage(
-        items=items, next_cursor=_encode_cursor(last.created_at, last.id) if last else None
+        items=items, next_cursor=time_id_cursor(last.created_at, last.id) if last else None
     )
 
 

@@ -11,14 +11,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
 
-import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.modules.ingestion.connectors.base import LedgerEntry, Progress
-from app.modules.tenants import get_tenant_config
+from app.modules.ingestion.connectors.base import Progress
 
 
 @dataclass(frozen=True)
@@ -33,18 +30,7 @@ class ClaimedRun:
     window_end: date | None
     files: list[str] | None
     rows_quarantined: int
-
-
-@dataclass(frozen=True)
-class SourceForRun:
-    id: uuid.UUID
-    tenant_id: str
-    kind: str
-    name: str
-    config: dict[str, Any]
-    secrets_ciphertext: str | None
-    cursor: dict[str, Any]
-    timezone: str
+    request_id: str | None  # of the request that queued it (manual runs, backfills)
 
 
 _CLAIM = text(
@@ -65,7 +51,7 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
         LIMIT 1)
     RETURNING r.id, r.tenant_id, r.source_id, r.trigger, r.attempt, r.max_attempts,
-              r.window_start, r.window_end, r.files, r.rows_quarantined
+              r.window_start, r.window_end, r.files, r.rows_quarantined, r.request_id
     """
 )
 
@@ -86,32 +72,7 @@ async def claim_next_run(session: AsyncSession, *, owner: str, lease_s: float) -
         window_end=row.window_end,
         files=row.files,
         rows_quarantined=row.rows_quarantined,
-    )
-
-
-async def source_for_run(session: AsyncSession, source_id: uuid.UUID) -> SourceForRun | None:
-    row = (
-        await session.execute(
-            text(
-                """
-                SELECT id, tenant_id, kind, name, config, secrets_ciphertext, "cursor"
-                FROM ingestion_sources WHERE id = :id
-                """
-            ),
-            {"id": source_id},
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    return SourceForRun(
-        id=row.id,
-        tenant_id=row.tenant_id,
-        kind=row.kind,
-        name=row.name,
-        config=row.config,
-        secrets_ciphertext=row.secrets_ciphertext,
-        cursor=row.cursor,
-        timezone=(await get_tenant_config(session, row.tenant_id)).timezone,
+        request_id=row.request_id,
     )
 
 
@@ -121,37 +82,22 @@ class LeaseState:
     cancel_requested: bool
 
 
-async def heartbeat(
-    session: AsyncSession, run_id: uuid.UUID, *, owner: str, lease_s: float, progress: Progress
-) -> LeaseState:
-    """Renew the lease and publish progress; tells whether the lease is still ours."""
-    row = (
-        await session.execute(
-            text(
-                """
-                UPDATE ingestion_runs
-                SET lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
-                    heartbeat_at = clock_timestamp(), stage = :stage, current_item = :item,
-                    rows_read = GREATEST(rows_read, :rows_read),
-                    bytes_read = GREATEST(bytes_read, :bytes_read), updated_at = now()
-                WHERE id = :id AND lease_owner = :owner AND status = 'running'
-                RETURNING cancel_requested_at
-                """
-            ),
-            {
-                "id": run_id,
-                "owner": owner,
-                "lease_s": lease_s,
-                "stage": progress.stage,
-                "item": progress.current_item,
-                "rows_read": progress.rows_read,
-                "bytes_read": progress.bytes_read,
-            },
-        )
-    ).one_or_none()
-    if row is None:
-        return LeaseState(held=False, cancel_requested=False)
-    return LeaseState(held=True, cancel_requested=row.cancel_requested_at is not None)
+_RENEW_LEASE = text(
+    """
+    UPDATE ingestion_runs
+    SET rows_loaded = rows_loaded + :loaded,
+        rows_duplicate = rows_duplicate + :duplicates,
+        rows_rejected = rows_rejected + :rejected,
+        rows_quarantined = rows_quarantined + :quarantined,
+        rows_read = GREATEST(rows_read, :rows_read),
+        bytes_read = GREATEST(bytes_read, :bytes_read),
+        stage = :stage, current_item = :item, heartbeat_at = clock_timestamp(),
+        lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
+        updated_at = now()
+    WHERE id = :id AND lease_owner = :owner AND status = 'running'
+    RETURNING cancel_requested_at
+    """
+)
 
 
 @dataclass
@@ -168,34 +114,25 @@ class BatchCounts:
         self.quarantined += other.quarantined
 
 
-async def record_batch(
+async def renew_lease(
     session: AsyncSession,
     run_id: uuid.UUID,
     *,
     owner: str,
     lease_s: float,
-    counts: BatchCounts,
     progress: Progress,
+    counts: BatchCounts | None = None,
 ) -> LeaseState:
-    """Add a committed batch's counts to the run, in the batch's own transaction (fenced)."""
+    """Renew the run's lease and publish its progress (fenced by ``owner``); tells whether
+    the lease is still ours and whether a cancel was asked for.
+
+    The heartbeat calls it without ``counts``; a committed batch calls it with its counts,
+    in the batch's own transaction, so the counts and the data commit together.
+    """
+    counts = counts or BatchCounts()
     row = (
         await session.execute(
-            text(
-                """
-                UPDATE ingestion_runs
-                SET rows_loaded = rows_loaded + :loaded,
-                    rows_duplicate = rows_duplicate + :duplicates,
-                    rows_rejected = rows_rejected + :rejected,
-                    rows_quarantined = rows_quarantined + :quarantined,
-                    rows_read = GREATEST(rows_read, :rows_read),
-                    bytes_read = GREATEST(bytes_read, :bytes_read),
-                    stage = :stage, current_item = :item, heartbeat_at = clock_timestamp(),
-                    lease_expires_at = clock_timestamp() + make_interval(secs => :lease_s),
-                    updated_at = now()
-                WHERE id = :id AND lease_owner = :owner AND status = 'running'
-                RETURNING cancel_requested_at
-                """
-            ),
+            _RENEW_LEASE,
             {
                 "id": run_id,
                 "owner": owner,
@@ -214,76 +151,6 @@ async def record_batch(
     if row is None:
         return LeaseState(held=False, cancel_requested=False)
     return LeaseState(held=True, cancel_requested=row.cancel_requested_at is not None)
-
-
-async def patch_cursor(session: AsyncSession, source_id: uuid.UUID, patch: dict[str, Any]) -> None:
-    await session.execute(
-        text(
-            'UPDATE ingestion_sources SET "cursor" = "cursor" || CAST(:patch AS jsonb) '
-            "WHERE id = :id"
-        ),
-        {"id": source_id, "patch": msgspec.json.encode(patch).decode()},
-    )
-
-
-async def record_ledger(
-    session: AsyncSession,
-    *,
-    tenant_id: str,
-    source_id: uuid.UUID,
-    run_id: uuid.UUID,
-    entry: LedgerEntry,
-    rows_loaded: int,
-) -> None:
-    await session.execute(
-        text(
-            """
-            INSERT INTO ingestion_file_ledger
-                (tenant_id, source_id, path, sha256, size, mtime, run_id, rows_loaded)
-            VALUES (:tenant_id, :source_id, :path, :sha256, :size, :mtime, :run_id, :rows)
-            ON CONFLICT (source_id, path, sha256) DO UPDATE
-            SET run_id = EXCLUDED.run_id, imported_at = now(),
-                rows_loaded = ingestion_file_ledger.rows_loaded + EXCLUDED.rows_loaded
-            """
-        ),
-        {
-            "tenant_id": tenant_id,
-            "source_id": source_id,
-            "path": entry.path,
-            "sha256": entry.sha256,
-            "size": entry.size,
-            "mtime": entry.mtime,
-            "run_id": run_id,
-            "rows": rows_loaded,
-        },
-    )
-
-
-async def imported_files(
-    session: AsyncSession, source_id: uuid.UUID
-) -> dict[str, list[LedgerEntry]]:
-    rows = await session.execute(
-        text("SELECT path, size, sha256, mtime FROM ingestion_file_ledger WHERE source_id = :id"),
-        {"id": source_id},
-    )
-    out: dict[str, list[LedgerEntry]] = {}
-    for path, size, digest, mtime in rows:
-        out.setdefault(path, []).append(LedgerEntry(path, size, digest, mtime))
-    return out
-
-
-async def quarantine(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(
-            text(
-                """
-                INSERT INTO ingestion_quarantine
-                    (tenant_id, run_id, source_id, item, line_number, reason, raw)
-                VALUES (:tenant_id, :run_id, :source_id, :item, :line_number, :reason, :raw)
-                """
-            ),
-            rows,
-        )
 
 
 @dataclass(frozen=True)
@@ -391,16 +258,19 @@ async def release_run(session: AsyncSession, run_id: uuid.UUID, *, owner: str) -
 @dataclass(frozen=True)
 class ExpiredRun:
     id: uuid.UUID
+    tenant_id: str
     attempt: int
     max_attempts: int
     lease_owner: str | None
+    request_id: str | None
 
 
 async def lock_expired_runs(session: AsyncSession, *, limit: int = 100) -> list[ExpiredRun]:
     rows = await session.execute(
         text(
             """
-            SELECT id, attempt, max_attempts, lease_owner FROM ingestion_runs
+            SELECT id, tenant_id, attempt, max_attempts, lease_owner, request_id
+            FROM ingestion_runs
             WHERE status = 'running' AND lease_expires_at < clock_timestamp()
             ORDER BY lease_expires_at
             FOR UPDATE SKIP LOCKED
@@ -409,7 +279,7 @@ async def lock_expired_runs(session: AsyncSession, *, limit: int = 100) -> list[
         ),
         {"limit": limit},
     )
-    return [ExpiredRun(r.id, r.attempt, r.max_attempts, r.lease_owner) for r in rows]
+    return [ExpiredRun(**r._asdict()) for r in rows]
 
 
 async def requeue_expired(session: AsyncSession, run_id: uuid.UUID) -> None:
@@ -439,44 +309,3 @@ async def cancel_requested(session: AsyncSession, run_ids: list[uuid.UUID]) -> s
         {"ids": run_ids},
     )
     return {r.id for r in rows}
-
-
-async def record_source_outcome(
-    session: AsyncSession, source_id: uuid.UUID, run_id: uuid.UUID, finished: FinishedRun
-) -> None:
-    """Keep the source's "last run" summary and failure streak current."""
-    summary = {
-        "rows_loaded": finished.rows_loaded,
-        "rows_duplicate": finished.rows_duplicate,
-        "rows_rejected": finished.rows_rejected,
-        "attempts": finished.attempt,
-    }
-    await session.execute(
-        text(
-            """
-            UPDATE ingestion_sources
-            SET last_run_id = :run_id, last_run_status = :status, last_run_at = :at,
-                last_run_summary = CAST(:summary AS jsonb),
-                consecutive_failures = CASE WHEN :status = 'failed'
-                    THEN consecutive_failures + 1
-                    WHEN :status = 'succeeded' THEN 0 ELSE consecutive_failures END
-            WHERE id = :id
-            """
-        ),
-        {
-            "id": source_id,
-            "run_id": run_id,
-            "status": finished.status,
-            "at": finished.finished_at,
-            "summary": msgspec.json.encode(summary).decode(),
-        },
-    )
-
-
-async def source_name(session: AsyncSession, source_id: uuid.UUID) -> str:
-    name = (
-        await session.execute(
-            text("SELECT name FROM ingestion_sources WHERE id = :id"), {"id": source_id}
-        )
-    ).scalar_one_or_none()
-    return str(name) if name is not None else "(deleted source)"
