@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import datasketches  # type: ignore[import-untyped]
@@ -33,7 +33,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db import copy_rows_through_staging
+from app.core.db import Database, copy_rows_through_staging
 from app.modules.events.rollups import (
     _HLL_TYPE,
     GRAIN_DAY,
@@ -75,13 +75,13 @@ _INVALIDATE = f"""
 _MISSING = text(
     f"""
     SELECT p.local_lo AT TIME ZONE :tz AS lo,
-        (p.local_lo + CAST(:step AS interval)) AT TIME ZONE :tz AS hi
+        (p.local_lo + CAST(CAST(:step AS text) AS interval)) AT TIME ZONE :tz AS hi
     FROM (
         SELECT DISTINCT date_trunc(:unit, d.bucket AT TIME ZONE :tz) AS local_lo
         FROM stats_rollups d
         WHERE d.tenant_id = :tenant_id AND d.grain = {GRAIN_DAY} AND d.dim = 0
     ) p
-    WHERE p.local_lo + CAST(:step AS interval)
+    WHERE p.local_lo + CAST(CAST(:step AS text) AS interval)
         <= date_trunc('day', CAST(:now AS timestamptz) AT TIME ZONE :tz)
       AND NOT EXISTS (
           SELECT 1 FROM stats_rollups c
@@ -249,3 +249,27 @@ async def compact_rollups(
                 rows=rows,
             )
     return Compaction(built, remaining=False)
+
+
+async def compact_tenant_rollups(
+    db: Database,
+    tenant_id: str,
+    *,
+    run: RunInWorker | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Build every missing week and month row of the tenant, a few per transaction
+    (:func:`compact_rollups`); returns how many were built. Stops early when a load of
+    the tenant holds its lock (the load's own run compacts after it commits)."""
+    built = 0
+    at = now or datetime.now(UTC)
+    while True:
+        async with db.session(tenant_id) as session:
+            done = await compact_rollups(session, tenant_id, now=at, run=run)
+            await session.commit()
+        built += done.built
+        if not done.remaining or done.locked_out:
+            break
+    if built:
+        log.info("rollups.compacted", tenant_id=tenant_id, periods=built)
+    return built

@@ -33,6 +33,7 @@ from app.core.db import Database
 from app.core.outbound import policy_for
 from app.core.settings import Settings
 from app.core.workers import WorkerPool
+from app.modules.events import compact_tenant_rollups
 from app.modules.ingestion import repository
 from app.modules.ingestion.connectors import get_connector, load_builtin_connectors
 from app.modules.ingestion.connectors.base import (
@@ -60,6 +61,7 @@ load_builtin_connectors()
 CANCEL_GRACE_S = 2.0
 DB_STEP_TIMEOUT_S = 10.0
 ANALYZE_TIMEOUT_S = 300.0
+COMPACT_TIMEOUT_S = 600.0
 _ANALYZE_EVENTS = (
     text("SET LOCAL statement_timeout = '300s'"),
     # The owner's function (migration 0006i): the app's role owns no table to analyse.
@@ -488,6 +490,18 @@ class Runner:
         if loader.committed.loaded >= self.settings.ingest_analyze_min_rows:
             active.progress.report(stage="analysing")
             await self._analyze(run)
+        if loader.committed.loaded:
+            await self._compact(run)
+
+    async def _compact(self, run: repository.ClaimedRun) -> None:
+        """Week and month rollups for the weeks and months the import completed or
+        changed (its own transaction deleted the changed ones). A failure only costs
+        speed (the day rows answer meanwhile; logged), never the run."""
+        try:
+            async with asyncio.timeout(COMPACT_TIMEOUT_S):
+                await compact_tenant_rollups(self.db, run.tenant_id, run=self.workers.run)
+        except Exception as exc:
+            log.warning("run.compact_failed", run_id=str(run.id), error=type(exc).__name__)
 
     async def _analyze(self, run: repository.ClaimedRun) -> None:
         """Fresh planner statistics for ``events`` after a large load.
