@@ -332,7 +332,7 @@ def rollup_source(
     grains = coarse_grains(spec, plan)
     if not grains:
         return [], "stats_rollups", _DAY_ROWS
-    built, pieces = f"cb{tag}", f"cp{tag}"
+    built, pieces, gaps = f"cb{tag}", f"cp{tag}", f"cg{tag}"
     ctes = [
         f"""{built} AS (
             SELECT c.grain, c.bucket AS lo, ((c.bucket AT TIME ZONE :tz)
@@ -349,11 +349,24 @@ def rollup_source(
                 SELECT 1 FROM {built} m
                 WHERE m.grain = {GRAIN_MONTH} AND m.hi <= :end AND m.lo < b.hi AND b.lo < m.hi))
         )""",
+        # The stretches of [start, end) no piece covers: read from day rows, so a range
+        # scan of the index visits only them (not every day of the range, filtered).
+        f"""{gaps} AS MATERIALIZED (
+            SELECT g.lo, g.hi FROM (
+                SELECT coalesce(lag(p.hi) OVER (ORDER BY p.lo), CAST(:start AS timestamptz))
+                    AS lo, p.lo AS hi
+                FROM {pieces} p
+                UNION ALL
+                SELECT coalesce(max(p.hi), CAST(:start AS timestamptz)),
+                    CAST(:end AS timestamptz)
+                FROM {pieces} p
+            ) g WHERE g.lo < g.hi
+        )""",
     ]
     source = f"""(
-        SELECT r.* FROM stats_rollups r
-        WHERE {_DAY_ROWS}
-          AND NOT EXISTS (SELECT 1 FROM {pieces} p WHERE r.bucket >= p.lo AND r.bucket < p.hi)
+        SELECT r.* FROM {gaps} g
+        JOIN stats_rollups r ON r.tenant_id = :tenant_id AND r.grain = :grain
+            AND r.dim = :dim AND r.bucket >= g.lo AND r.bucket < g.hi
         UNION ALL
         SELECT r.* FROM {pieces} p
         JOIN stats_rollups r ON r.tenant_id = :tenant_id AND r.grain = p.grain
