@@ -7,7 +7,9 @@ groups, its totals, both again for a comparison period), which sends them to
 PostgreSQL as ONE statement (:mod:`app.modules.events.widget_sql`). The engine
 answers from the rollups (``stats_rollups``, kept by :mod:`app.modules.events.rollups`)
 when they cover the query - local-day rows for one dimension in the tenant's
-timezone, UTC-hour totals for hourly series and other whole-hour timezones - and from
+timezone (week and month rows for the whole weeks and months of a long range, where
+built: :mod:`app.modules.events.grains`), UTC-hour totals for hourly series and other
+whole-hour timezones - and from
 the raw ``events`` table otherwise. Both paths compute the same base aggregates with the same
 definitions:
 
