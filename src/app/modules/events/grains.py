@@ -60,6 +60,7 @@ _FETCH_ROWS = 256
 _COLUMNS = (*ROLLUP_COLUMNS, "day_rows")
 # The same lock as a load of the tenant (app.modules.events.service).
 _TRY_TENANT_LOAD_LOCK = text("SELECT pg_try_advisory_xact_lock(7201004, hashtext(:tenant_id))")
+_TENANT_LOAD_LOCK = text("SELECT pg_advisory_xact_lock(7201004, hashtext(:tenant_id))")
 
 _COARSE_IN = f"({GRAIN_WEEK}, {GRAIN_MONTH})"
 _DROP = text(f"DELETE FROM stats_rollups WHERE tenant_id = :tenant_id AND grain IN {_COARSE_IN}")
@@ -113,7 +114,11 @@ _CLOSE = text("CLOSE pulse_coarse_cur")
 
 
 async def drop_coarse(session: AsyncSession, tenant_id: str) -> None:
-    """Delete every week and month row of the tenant (its day rows are being rebuilt)."""
+    """Delete every week and month row of the tenant (its day rows are being rebuilt).
+
+    Takes the tenant's load lock (already held inside a load): a compaction running
+    meanwhile commits first, and its rows are deleted here too."""
+    await session.execute(_TENANT_LOAD_LOCK, {"tenant_id": tenant_id})
     await session.execute(_DROP, {"tenant_id": tenant_id})
 
 
