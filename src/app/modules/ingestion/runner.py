@@ -101,6 +101,7 @@ class ActiveRun:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     lease_lost: bool = False
     task: asyncio.Task[None] | None = None
+    loaded: int = 0  # new events the run committed
 
 
 class Runner:
@@ -295,6 +296,10 @@ class Runner:
             await self._record(run, "cancelled")
         elif exc is None:
             await self._record(run, "succeeded")
+            if active.loaded:
+                # After the run is reported: a cancel or a lost lease can no longer
+                # touch a run whose rows are committed.
+                await self._compact(run)
         else:
             await self._failed(run, exc)
 
@@ -485,13 +490,12 @@ class Runner:
             aclose = getattr(batches, "aclose", None)
             if aclose is not None:
                 await aclose()
+        active.loaded = loader.committed.loaded
         if self.metrics:
             self.metrics.rows_loaded.inc(loader.committed.loaded)
         if loader.committed.loaded >= self.settings.ingest_analyze_min_rows:
             active.progress.report(stage="analysing")
             await self._analyze(run)
-        if loader.committed.loaded:
-            await self._compact(run)
 
     async def _compact(self, run: repository.ClaimedRun) -> None:
         """Week and month rollups for the weeks and months the import completed or
