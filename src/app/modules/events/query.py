@@ -72,6 +72,8 @@ async def aggregate_all(
     plans = [rollup_plan(spec) for spec in specs]
     parts: dict[int, Part] = {}
     riding: set[int] = set()
+    # Parts over the same range read the same week/month periods (defined once).
+    periods: dict[tuple[Any, ...], str] = {}
     for i, spec in enumerate(specs):
         if i in riding:
             continue
@@ -99,7 +101,7 @@ async def aggregate_all(
                 and spec.group_by == other.group_by
             ):
                 limit_to = f"rk{ranked_by}"
-        parts[i] = rollup_part(spec, plan, str(i), width, types, limit_to)
+        parts[i] = rollup_part(spec, plan, str(i), width, types, limit_to, periods)
     ctes: list[str] = []
     selects: list[str] = []
     params: dict[str, Any] = {}

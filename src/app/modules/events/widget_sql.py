@@ -258,17 +258,19 @@ def rollup_part(
     width: int,
     types: Sequence[str],
     within: str | None,
+    shared: dict[tuple[Any, ...], str] | None = None,
 ) -> Part:
     """Sums and sketch arrays from the rollups. A ranked part (``spec.top``) ranks the
     groups by an exact sum in SQL and fetches sketches for the winners only; ``within``
-    names another part's winners that limit this part's groups."""
+    names another part's winners that limit this part's groups; ``shared``: see
+    :func:`rollup_source`."""
     grain, dim_name = plan
     params = _params(spec)
     params["grain"] = grain
     params["dim"] = DIMENSIONS[dim_name] if dim_name else TOTAL_DIMENSION
     value_sql = dict.fromkeys(DIMENSIONS, "r.value")
     groups = [_group_sql(k, "r.bucket", "r.value") for k in spec.group_by]
-    ctes, source, where = rollup_source(spec, plan, tag)
+    ctes, source, where = rollup_source(spec, plan, tag, shared)
     where += _filter_sql(spec.filters, params, value_sql)
     top = ranked_top(spec, dim_name)
     if top is not None:
@@ -318,7 +320,10 @@ _DAY_ROWS = (
 
 
 def rollup_source(
-    spec: AggregateSpec, plan: tuple[int, str | None], tag: str
+    spec: AggregateSpec,
+    plan: tuple[int, str | None],
+    tag: str,
+    shared: dict[tuple[Any, ...], str] | None = None,
 ) -> tuple[list[str], str, str]:
     """The rollup rows a part reads: ``(ctes, source, where)`` for ``FROM {source} r
     WHERE {where}``.
@@ -328,13 +333,22 @@ def rollup_source(
     total row exists, a week row for each whole week with one that overlaps none of
     those months, and day rows for every day outside those (edges, periods not built
     yet). Still part of the widget's one statement.
+
+    ``shared`` maps the periods' key to the tag of the part that already defines them in
+    the statement (a widget's groups and totals cover the same range): that part's CTEs
+    are read instead of planned again.
     """
     grains = coarse_grains(spec, plan)
     if not grains:
         return [], "stats_rollups", _DAY_ROWS
-    built, pieces, gaps = f"cb{tag}", f"cp{tag}", f"cg{tag}"
-    ctes = [
-        f"""{built} AS (
+    key = (spec.tenant_id, spec.start, spec.end, spec.timezone, grains)
+    owner = tag if shared is None else shared.setdefault(key, tag)
+    built, pieces, gaps = f"cb{owner}", f"cp{owner}", f"cg{owner}"
+    ctes = (
+        []
+        if owner != tag
+        else [
+            f"""{built} AS (
             SELECT c.grain, c.bucket AS lo, ((c.bucket AT TIME ZONE :tz)
                 + CASE c.grain WHEN {GRAIN_MONTH} THEN interval '1 month'
                   ELSE interval '7 days' END) AT TIME ZONE :tz AS hi
@@ -343,15 +357,15 @@ def rollup_source(
               AND c.dim = {TOTAL_DIMENSION} AND c.value = ''
               AND c.bucket >= :start AND c.bucket < :end
         )""",
-        f"""{pieces} AS MATERIALIZED (
+            f"""{pieces} AS MATERIALIZED (
             SELECT b.grain, b.lo, b.hi FROM {built} b
             WHERE b.hi <= :end AND (b.grain = {GRAIN_MONTH} OR NOT EXISTS (
                 SELECT 1 FROM {built} m
                 WHERE m.grain = {GRAIN_MONTH} AND m.hi <= :end AND m.lo < b.hi AND b.lo < m.hi))
         )""",
-        # The stretches of [start, end) no piece covers: read from day rows, so a range
-        # scan of the index visits only them (not every day of the range, filtered).
-        f"""{gaps} AS MATERIALIZED (
+            # The stretches of [start, end) no piece covers: read from day rows, so a range
+            # scan of the index visits only them (not every day of the range, filtered).
+            f"""{gaps} AS MATERIALIZED (
             SELECT g.lo, g.hi FROM (
                 SELECT coalesce(lag(p.hi) OVER (ORDER BY p.lo), CAST(:start AS timestamptz))
                     AS lo, p.lo AS hi
@@ -362,7 +376,8 @@ def rollup_source(
                 FROM {pieces} p
             ) g WHERE g.lo < g.hi
         )""",
-    ]
+        ]
+    )
     source = f"""(
         SELECT r.* FROM {gaps} g
         JOIN stats_rollups r ON r.tenant_id = :tenant_id AND r.grain = :grain
