@@ -611,9 +611,9 @@ async def refresh_rollups(
         return
     from app.modules.events.grains import drop_coarse
     from app.modules.events.increments import rebuild_sessions
-
-    await drop_coarse(session, tenant_id)  # rebuilt from the new day rows later
     from app.modules.tenants import get_tenant_config
+
+    await drop_coarse(session, tenant_id)  # week/month rows: rebuilt from new day rows later
 
     config = await get_tenant_config(session, tenant_id)
     conversions = sorted(config.conversion_events)
