@@ -422,3 +422,24 @@ async def test_compaction_in_another_tenants_context_sees_and_writes_nothing(
             assert seen.all() == []
     finally:
         await db.dispose()
+
+
+async def test_compaction_skips_while_a_load_of_the_tenant_holds_its_lock(
+    acme: str, app_db: Database, db_sessions: Sessions
+) -> None:
+    from app.modules.events.grains import compact_rollups
+
+    async with db_sessions() as load_session:
+        # What a load holds until it commits (app.modules.events.service).
+        await load_session.execute(
+            text("SELECT pg_advisory_xact_lock(7201004, hashtext(:t))"), {"t": acme}
+        )
+        async with app_db.session(acme) as session:
+            done = await compact_rollups(session, acme, now=TODAY)
+            await session.commit()
+        assert done.locked_out
+        assert done.built == 0
+        assert await compact_tenant_rollups(app_db, acme, now=TODAY) == 0
+        await load_session.rollback()
+    assert await _coarse_rows(db_sessions, acme) == {}
+    assert await compact_tenant_rollups(app_db, acme, now=TODAY) > 0
