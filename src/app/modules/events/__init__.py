@@ -7,7 +7,7 @@ dashboard answer depends on); the query engine: ``aggregate_all`` with ``Aggrega
 ``Filter``, ``GroupKey``, ``TopN``, ``AggregateResult``, ``Aggregates``, ``DistinctCount``,
 ``DIMENSIONS``, ``FILTER_OPERATORS``, ``TIME_GRAINS``, ``RANKABLE``, ``time_grain``; and the
 rollups' state and accuracy: ``rollup_state``, ``RollupState``, ``CONFIDENCE``,
-``RELATIVE_ERROR``.
+``RELATIVE_ERROR``; week and month rollups: ``compact_tenant_rollups`` (after imports commit).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 from app.modules import Module
 from app.modules.events.definitions import DIMENSIONS
 from app.modules.events.facts import DataFacts, data_facts
+from app.modules.events.grains import compact_tenant_rollups
 from app.modules.events.query import aggregate_all, first_event_day
 from app.modules.events.rollups import (
     CONFIDENCE,
@@ -77,6 +78,7 @@ __all__ = [
     "RowRejected",
     "TopN",
     "aggregate_all",
+    "compact_tenant_rollups",
     "data_facts",
     "event_id_for",
     "first_event_day",

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import copy_rows
+from app.modules.events.grains import invalidate_coarse
 from app.modules.events.rollups import (
     _HLL_TYPE,
     GRAIN_DAY,
@@ -392,6 +393,7 @@ async def apply_loaded(
         written += await copy_rows(session, _NEW_ROWS, ROLLUP_COLUMNS, records)
     await session.execute(_SORT_ON)
     await session.execute(_UPSERT)
+    await invalidate_coarse(session, tenant_id, timezone, _NEW_ROWS)  # weeks/months over them
     return written
 
 

@@ -7,7 +7,9 @@ groups, its totals, both again for a comparison period), which sends them to
 PostgreSQL as ONE statement (:mod:`app.modules.events.widget_sql`). The engine
 answers from the rollups (``stats_rollups``, kept by :mod:`app.modules.events.rollups`)
 when they cover the query - local-day rows for one dimension in the tenant's
-timezone, UTC-hour totals for hourly series and other whole-hour timezones - and from
+timezone (week and month rows for the whole weeks and months of a long range, where
+built: :mod:`app.modules.events.grains`), UTC-hour totals for hourly series and other
+whole-hour timezones - and from
 the raw ``events`` table otherwise. Both paths compute the same base aggregates with the same
 definitions:
 
@@ -70,6 +72,8 @@ async def aggregate_all(
     plans = [rollup_plan(spec) for spec in specs]
     parts: dict[int, Part] = {}
     riding: set[int] = set()
+    # Parts over the same range read the same week/month periods (defined once).
+    periods: dict[tuple[Any, ...], str] = {}
     for i, spec in enumerate(specs):
         if i in riding:
             continue
@@ -97,7 +101,7 @@ async def aggregate_all(
                 and spec.group_by == other.group_by
             ):
                 limit_to = f"rk{ranked_by}"
-        parts[i] = rollup_part(spec, plan, str(i), width, types, limit_to)
+        parts[i] = rollup_part(spec, plan, str(i), width, types, limit_to, periods)
     ctes: list[str] = []
     selects: list[str] = []
     params: dict[str, Any] = {}

@@ -91,6 +91,9 @@ _STREAM_ROWS = 16
 
 GRAIN_HOUR = 0
 GRAIN_DAY = 1
+# Derived from the day rows after imports commit (app.modules.events.grains).
+GRAIN_WEEK = 2
+GRAIN_MONTH = 3
 
 
 class StatsRollup(Base):
@@ -115,6 +118,8 @@ class StatsRollup(Base):
     sessions_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
     engaged_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
     converting_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Week and month rows: how many day rows they merge (hour and day rows: NULL).
+    day_rows: Mapped[int | None] = mapped_column(SmallInteger)
 
 
 class StatsRollupState(Base):
@@ -603,8 +608,11 @@ async def refresh_rollups(
     with events on them). Runs in the caller's transaction and only flushes."""
     if not days:
         return
+    from app.modules.events.grains import drop_coarse
     from app.modules.events.increments import rebuild_sessions
     from app.modules.tenants import get_tenant_config
+
+    await drop_coarse(session, tenant_id)  # week/month rows: rebuilt from new day rows later
 
     config = await get_tenant_config(session, tenant_id)
     conversions = sorted(config.conversion_events)

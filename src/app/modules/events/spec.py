@@ -4,14 +4,21 @@ returns, and which rollups can answer a query (:func:`rollup_plan`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
 from app.modules.events.definitions import (
     DIMENSIONS,
 )
-from app.modules.events.rollups import GRAIN_DAY, GRAIN_HOUR, DistinctCount, exact
+from app.modules.events.rollups import (
+    GRAIN_DAY,
+    GRAIN_HOUR,
+    GRAIN_MONTH,
+    GRAIN_WEEK,
+    DistinctCount,
+    exact,
+)
 
 NOT_SET = "(not set)"
 TimeGrain = Literal["hour", "day", "week", "month"]
@@ -139,3 +146,30 @@ def rollup_plan(spec: AggregateSpec) -> tuple[int, str | None] | None:
     if dim is None and spec.offset_minutes % 60 == 0:
         return GRAIN_HOUR, None
     return None
+
+
+# Which week/month rows may stand in for day rows, by the query's time grouping: a week
+# row can fill a week group but not a day or month group (weeks straddle months).
+_COARSE_FOR_GROUPING: dict[TimeGrain | None, tuple[int, ...]] = {
+    None: (GRAIN_MONTH, GRAIN_WEEK),
+    "week": (GRAIN_WEEK,),
+    "month": (GRAIN_MONTH,),
+    "day": (),
+    "hour": (),
+}
+# The shortest range that can hold a whole local week or month (a day may be 23 hours).
+_SHORTEST = {
+    GRAIN_WEEK: timedelta(days=7) - timedelta(hours=1),
+    GRAIN_MONTH: timedelta(days=28) - timedelta(hours=1),
+}
+
+
+def coarse_grains(spec: AggregateSpec, plan: tuple[int, str | None]) -> tuple[int, ...]:
+    """The week/month grains a day-rollup plan may read for whole local weeks and months
+    of ``spec``'s range (which ones exist is up to the statement: a period is read from
+    its coarse rows only when they are built, from its day rows otherwise)."""
+    if plan[0] != GRAIN_DAY:
+        return ()
+    grain = next((g for g in map(time_grain, spec.group_by) if g is not None), None)
+    length = spec.end - spec.start
+    return tuple(g for g in _COARSE_FOR_GROUPING[grain] if length >= _SHORTEST[g])

@@ -24,6 +24,7 @@ from app.modules.events.definitions import (
     PAGE_VIEW,
     TOTAL_DIMENSION,
 )
+from app.modules.events.rollups import GRAIN_MONTH
 from app.modules.events.spec import (
     DISTINCT,
     EXACT_COLUMNS,
@@ -33,6 +34,7 @@ from app.modules.events.spec import (
     Filter,
     TimeGrain,
     TopN,
+    coarse_grains,
     dimension_sql,
     rollup_plan,
     time_grain,
@@ -230,12 +232,15 @@ def _rollup_sketches(spec: AggregateSpec) -> str:
     # A group of one rollup row (a day of a daily series, say) has its exact distinct
     # users and sessions in the row: no sketch to send, decode or merge for those.
     # Only the distinct counts the widget's metrics need travel at all.
+    # Rows counted in day rows: a week or month row stands for the day rows it merges,
+    # so a group of one day row is exact whichever rows were read.
+    rows = "sum(coalesce(r.day_rows, 1))"
     return (
-        "count(*) AS rollup_rows, sum(r.users_count)::bigint AS users_exact,"
+        f"{rows} AS rollup_rows, sum(r.users_count)::bigint AS users_exact,"
         " sum(r.sessions_count)::bigint AS sessions_exact"
         + "".join(
             (
-                f", CASE WHEN {'count(*) > 1' if name in EXACT_COLUMNS else 'true'}"
+                f", CASE WHEN {f'{rows} > 1' if name in EXACT_COLUMNS else 'true'}"
                 f" THEN array_agg(r.{column}) FILTER (WHERE r.{column} IS NOT NULL) END"
                 if name in spec.needs
                 else ", NULL::bytea[]"
@@ -253,20 +258,20 @@ def rollup_part(
     width: int,
     types: Sequence[str],
     within: str | None,
+    shared: dict[tuple[Any, ...], str] | None = None,
 ) -> Part:
     """Sums and sketch arrays from the rollups. A ranked part (``spec.top``) ranks the
     groups by an exact sum in SQL and fetches sketches for the winners only; ``within``
-    names another part's winners that limit this part's groups."""
+    names another part's winners that limit this part's groups; ``shared``: see
+    :func:`rollup_source`."""
     grain, dim_name = plan
     params = _params(spec)
     params["grain"] = grain
     params["dim"] = DIMENSIONS[dim_name] if dim_name else TOTAL_DIMENSION
     value_sql = dict.fromkeys(DIMENSIONS, "r.value")
     groups = [_group_sql(k, "r.bucket", "r.value") for k in spec.group_by]
-    where = (
-        "r.tenant_id = :tenant_id AND r.grain = :grain AND r.dim = :dim"
-        " AND r.bucket >= :start AND r.bucket < :end"
-    ) + _filter_sql(spec.filters, params, value_sql)
+    ctes, source, where = rollup_source(spec, plan, tag, shared)
+    where += _filter_sql(spec.filters, params, value_sql)
     top = ranked_top(spec, dim_name)
     if top is not None:
         params["top_n"] = top.n
@@ -275,7 +280,7 @@ def rollup_part(
         cte = f"""{ranked} AS (
             SELECT r.value AS g0, {_rollup_sums()},
                 {RANKABLE[top.rank]} AS rank, count(*) OVER () AS total_groups
-            FROM stats_rollups r WHERE {where}
+            FROM {source} r WHERE {where}
             GROUP BY r.value
             ORDER BY rank {direction}, r.value ASC
             LIMIT :top_n
@@ -289,11 +294,11 @@ def rollup_part(
                 k.total_groups
             FROM {ranked} k
             CROSS JOIN LATERAL (
-                SELECT {_rollup_sketches(spec)} FROM stats_rollups r
+                SELECT {_rollup_sketches(spec)} FROM {source} r
                 WHERE {where} AND r.value = k.g0
             ) s
         """
-        return Part([cte], select, params, "rollups")
+        return Part([*ctes, cte], select, params, "rollups")
     if within is not None:
         where += f" AND r.value IN (SELECT w.g0 FROM {within} w)"
     select_groups = "".join(f"{g} AS g{k}, " for k, g in enumerate(groups))
@@ -302,10 +307,87 @@ def rollup_part(
     select = f"""
         SELECT {tag} AS part, {select_groups}{padding} {_rollup_sums()}
             {_EXACT_DISTINCT_NULLS}, {_rollup_sketches(spec)}, NULL::bigint AS total_groups
-        FROM stats_rollups r WHERE {where}
+        FROM {source} r WHERE {where}
         {group_clause}
     """
-    return Part([], select, params, "rollups")
+    return Part(ctes, select, params, "rollups")
+
+
+_DAY_ROWS = (
+    "r.tenant_id = :tenant_id AND r.grain = :grain AND r.dim = :dim"
+    " AND r.bucket >= :start AND r.bucket < :end"
+)
+
+
+def rollup_source(
+    spec: AggregateSpec,
+    plan: tuple[int, str | None],
+    tag: str,
+    shared: dict[tuple[Any, ...], str] | None = None,
+) -> tuple[list[str], str, str]:
+    """The rollup rows a part reads: ``(ctes, source, where)`` for ``FROM {source} r
+    WHERE {where}``.
+
+    Without coarse grains, the plan's grain rows in ``[start, end)``. With them (a long
+    range over day rows): a month row for each whole local month in the range whose
+    total row exists, a week row for each whole week with one that overlaps none of
+    those months, and day rows for every day outside those (edges, periods not built
+    yet). Still part of the widget's one statement.
+
+    ``shared`` maps the periods' key to the tag of the part that already defines them in
+    the statement (a widget's groups and totals cover the same range): that part's CTEs
+    are read instead of planned again.
+    """
+    grains = coarse_grains(spec, plan)
+    if not grains:
+        return [], "stats_rollups", _DAY_ROWS
+    key = (spec.tenant_id, spec.start, spec.end, spec.timezone, grains)
+    owner = tag if shared is None else shared.setdefault(key, tag)
+    built, pieces, gaps = f"cb{owner}", f"cp{owner}", f"cg{owner}"
+    ctes = (
+        []
+        if owner != tag
+        else [
+            f"""{built} AS (
+            SELECT c.grain, c.bucket AS lo, ((c.bucket AT TIME ZONE :tz)
+                + CASE c.grain WHEN {GRAIN_MONTH} THEN interval '1 month'
+                  ELSE interval '7 days' END) AT TIME ZONE :tz AS hi
+            FROM stats_rollups c
+            WHERE c.tenant_id = :tenant_id AND c.grain IN ({", ".join(map(str, grains))})
+              AND c.dim = {TOTAL_DIMENSION} AND c.value = ''
+              AND c.bucket >= :start AND c.bucket < :end
+        )""",
+            f"""{pieces} AS MATERIALIZED (
+            SELECT b.grain, b.lo, b.hi FROM {built} b
+            WHERE b.hi <= :end AND (b.grain = {GRAIN_MONTH} OR NOT EXISTS (
+                SELECT 1 FROM {built} m
+                WHERE m.grain = {GRAIN_MONTH} AND m.hi <= :end AND m.lo < b.hi AND b.lo < m.hi))
+        )""",
+            # The stretches of [start, end) no piece covers: read from day rows, so a range
+            # scan of the index visits only them (not every day of the range, filtered).
+            f"""{gaps} AS MATERIALIZED (
+            SELECT g.lo, g.hi FROM (
+                SELECT coalesce(lag(p.hi) OVER (ORDER BY p.lo), CAST(:start AS timestamptz))
+                    AS lo, p.lo AS hi
+                FROM {pieces} p
+                UNION ALL
+                SELECT coalesce(max(p.hi), CAST(:start AS timestamptz)),
+                    CAST(:end AS timestamptz)
+                FROM {pieces} p
+            ) g WHERE g.lo < g.hi
+        )""",
+        ]
+    )
+    source = f"""(
+        SELECT r.* FROM {gaps} g
+        JOIN stats_rollups r ON r.tenant_id = :tenant_id AND r.grain = :grain
+            AND r.dim = :dim AND r.bucket >= g.lo AND r.bucket < g.hi
+        UNION ALL
+        SELECT r.* FROM {pieces} p
+        JOIN stats_rollups r ON r.tenant_id = :tenant_id AND r.grain = p.grain
+            AND r.dim = :dim AND r.bucket = p.lo
+    )"""
+    return ctes, source, "r.tenant_id = :tenant_id"
 
 
 def ranked_top(spec: AggregateSpec, dim_name: str | None) -> TopN | None:

@@ -28,6 +28,7 @@ from app.core.db import Database
 from app.core.outbound import policy_for
 from app.core.settings import Settings
 from app.core.workers import WorkerPool
+from app.modules.events import compact_tenant_rollups
 from app.modules.ingestion import repository
 from app.modules.ingestion.connectors import get_connector
 from app.modules.ingestion.connectors.base import (
@@ -51,6 +52,7 @@ log = structlog.get_logger("app.ingestion.runner")
 CANCEL_GRACE_S = 2.0
 DB_STEP_TIMEOUT_S = 10.0
 ANALYZE_TIMEOUT_S = 300.0
+COMPACT_TIMEOUT_S = 600.0
 _ANALYZE_EVENTS = (
     text("SET LOCAL statement_timeout = '300s'"),
     # The owner's function (migration 0006i): the app's role owns no table to analyse.
@@ -90,6 +92,7 @@ class ActiveRun:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     lease_lost: bool = False
     task: asyncio.Task[None] | None = None
+    loaded: int = 0  # new events the run committed
 
 
 class RunExecution:
@@ -145,6 +148,10 @@ class RunExecution:
             await self._record(run, "cancelled")
         elif exc is None:
             await self._record(run, "succeeded")
+            if active.loaded:
+                # After the run is reported: a cancel or a lost lease can no longer
+                # touch a run whose rows are committed.
+                await self._compact(run)
         else:
             await self._failed(run, exc)
 
@@ -336,11 +343,22 @@ class RunExecution:
             aclose = getattr(batches, "aclose", None)
             if aclose is not None:
                 await aclose()
+        active.loaded = loader.committed.loaded
         if self.metrics:
             self.metrics.rows_loaded.inc(loader.committed.loaded)
         if loader.committed.loaded >= self.settings.ingest_analyze_min_rows:
             active.progress.report(stage="analysing")
             await self._analyze(run)
+
+    async def _compact(self, run: repository.ClaimedRun) -> None:
+        """Week and month rollups for the weeks and months the import completed or
+        changed (its own transaction deleted the changed ones). A failure only costs
+        speed (the day rows answer meanwhile; logged), never the run."""
+        try:
+            async with asyncio.timeout(COMPACT_TIMEOUT_S):
+                await compact_tenant_rollups(self.db, run.tenant_id, run=self.workers.run)
+        except Exception as exc:
+            log.warning("run.compact_failed", error=type(exc).__name__)
 
     async def _analyze(self, run: repository.ClaimedRun) -> None:
         """Fresh planner statistics for ``events`` after a large load.
