@@ -25,7 +25,7 @@ from bench.load import write_json
 from bench.profiles import PROFILES, Profile
 from bench.servers import blocked_summary, peer, pulse
 
-PHASES = ("dashboard", "ceiling", "peer", "ingestion", "bigquery", "isolation", "auth")
+PHASES = ("dashboard", "year", "ceiling", "peer", "ingestion", "bigquery", "isolation", "auth")
 started_at = time.monotonic()
 
 
@@ -60,6 +60,16 @@ def run_dashboard_phase(dataset: Dataset, issuer: Issuer, profile: Profile) -> d
         lambda: dashboard.count_statements(dataset, issuer, token, log), log
     )
     return out
+
+
+def run_year_phase(dataset: Dataset, issuer: Issuer, profile: Profile) -> dict[str, Any]:
+    """The 365-day summary of the main tenant, uncached (the full profile's 10M events;
+    `--profile full --only year` measures it without the rest of the full run)."""
+    if profile.name != "full":
+        return {"skipped": "the 365-day summary target is for the full profile's 10M events"}
+    token = issuer.token([MAIN_TENANT, SMALL_TENANT], role="viewer")
+    with pulse(dataset, issuer, name="pulse-year", PULSE_STATS_CACHE_TTL_S="0.000001") as s:
+        return {"summary": dashboard.run_year_summary(s, token, dataset, profile, log)}
 
 
 def run_peer_phase(dataset: Dataset, profile: Profile) -> dict[str, Any]:
@@ -129,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runners: dict[str, Callable[[], Any]] = {
             "dashboard": lambda: run_dashboard_phase(dataset, issuer, profile),
+            "year": lambda: run_year_phase(dataset, issuer, profile),
             "ceiling": lambda: asyncio.run(dashboard.run_ceiling(dataset, profile, log)),
             "peer": lambda: run_peer_phase(dataset, profile),
             "ingestion": lambda: ingestion.run(dataset, issuer, profile, log),

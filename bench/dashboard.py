@@ -130,10 +130,6 @@ def run_pulse(
                 f" p50={figure['p50']:.1f} p99={figure['p99']:.1f} ms errors={figure['errors']}"
             )
     out["paced"] = guarded(lambda: run_paced(server, token, dataset, profile, log), log)
-    if profile.name == "full":
-        out["year_summary"] = guarded(
-            lambda: run_year_summary(server, token, dataset, profile, log), log
-        )
     return out
 
 
