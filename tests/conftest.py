@@ -60,8 +60,20 @@ async def test_databases(postgres_admin_url: str) -> AsyncIterator[TestDatabases
     await create_app_login_role(template_url)
     databases = TestDatabases(postgres_admin_url, template)
     await databases.seal_template()
+    _SESSION_DATABASES.append(databases)
     yield databases
     await databases.close()
+
+
+_SESSION_DATABASES: list[TestDatabases] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for databases in _SESSION_DATABASES:
+        terminalreporter.write_line(
+            f"test databases: {databases.created} copied from the template, "
+            f"{databases.dropped} dropped, tests waited {databases.waited_s:.1f} s for theirs"
+        )
 
 
 @pytest.fixture
