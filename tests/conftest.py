@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -58,7 +59,9 @@ async def test_databases(postgres_admin_url: str) -> AsyncIterator[TestDatabases
     template_url = with_database(postgres_admin_url, template)
     await asyncio.to_thread(upgrade_to_head, template_url)
     await create_app_login_role(template_url)
-    databases = TestDatabases(postgres_admin_url, template)
+    databases = TestDatabases(
+        postgres_admin_url, template, embedded=not os.environ.get("PULSE_TEST_DATABASE_URL")
+    )
     await databases.seal_template()
     _SESSION_DATABASES.append(databases)
     yield databases
