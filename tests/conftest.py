@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -10,18 +11,15 @@ import httpx
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 from litestar import Litestar
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.core.db import Base
 from app.core.logging import configure_logging
 from app.core.migrations import upgrade_to_head
 from app.core.settings import Settings
 from app.main import create_app
-from app.models import import_all_models
 from app.modules import installed as installed_modules
 from tests.fixtures.postgres import (
+    TestDatabases,
+    app_login_url,
     create_app_login_role,
     create_database,
     embedded_or_configured,
@@ -48,37 +46,71 @@ def postgres_admin_url() -> Iterator[str]:
     yield from (url for url, _ in embedded_or_configured())
 
 
-# The superuser URL of the session's database -> the same database as the app's role.
+# The superuser URL of a test's database -> the same database as the app's role.
 APP_URLS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
-async def database_url(postgres_admin_url: str) -> str:
-    """A fresh database for this session, its schema built by the Alembic migrations.
+async def test_databases(postgres_admin_url: str) -> AsyncIterator[TestDatabases]:
+    """The session's template, its schema built once by the Alembic migrations, and the
+    per-test copies made from it (see :class:`tests.fixtures.postgres.TestDatabases`)."""
+    template = session_database_name()
+    await create_database(postgres_admin_url, template)
+    template_url = with_database(postgres_admin_url, template)
+    await asyncio.to_thread(upgrade_to_head, template_url)
+    await create_app_login_role(template_url)
+    databases = TestDatabases(
+        postgres_admin_url, template, embedded=not os.environ.get("PULSE_TEST_DATABASE_URL")
+    )
+    await databases.seal_template()
+    _SESSION_DATABASES.append(databases)
+    yield databases
+    await databases.close()
 
-    This URL is the owner's (a superuser: row-level security does not apply), for
-    fixtures that insert or inspect rows directly. The app itself connects as
-    :func:`app_database_url`'s role: :func:`make_settings` swaps the URL.
+
+_SESSION_DATABASES: list[TestDatabases] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for databases in _SESSION_DATABASES:
+        terminalreporter.write_line(
+            f"test databases: {databases.created} copied from the template, "
+            f"{databases.dropped} dropped, tests waited {databases.waited_s:.1f} s for theirs"
+        )
+
+
+@pytest.fixture
+async def database_url(
+    postgres_admin_url: str, test_databases: TestDatabases
+) -> AsyncIterator[str]:
+    """A database of this test's own, its schema built by the Alembic migrations.
+
+    No other test sees its rows, and it is dropped after the test. This URL is the
+    owner's (a superuser: row-level security does not apply), for fixtures that insert
+    or inspect rows directly. The app itself connects as :func:`app_database_url`'s
+    role: :func:`make_settings` swaps the URL.
     """
-    name = session_database_name()
-    await create_database(postgres_admin_url, name)
+    name = await test_databases.take()
     url = with_database(postgres_admin_url, name)
-    await asyncio.to_thread(upgrade_to_head, url)
-    APP_URLS[url] = await create_app_login_role(url)
-    return url
+    APP_URLS[url] = app_login_url(url)
+    try:
+        yield url
+    finally:
+        APP_URLS.pop(url, None)
+        test_databases.release(name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def app_database_url(database_url: str) -> str:
-    """The session's database as the app's login role: no superuser, no BYPASSRLS."""
+    """The test's database as the app's login role: no superuser, no BYPASSRLS."""
     return APP_URLS[database_url]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def blockbuster(database_url: str) -> Iterator[BlockBuster]:
+def blockbuster(postgres_admin_url: str, test_databases: TestDatabases) -> Iterator[BlockBuster]:
     """A blocking call on the event loop fails the test that made it."""
     # Route every log line through the app's handler (rendered off the loop) from the start.
-    configure_logging(make_settings(database_url))
+    configure_logging(make_settings(postgres_admin_url))
     with blockbuster_ctx() as bb:
         # asyncpg stats ~/.pgpass once per new connection when the URL has no password:
         # a microsecond, on connect only, inside the driver.
@@ -116,28 +148,9 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def clean_tables(database_url: str) -> AsyncIterator[None]:
-    """Tests share one database; every tenant-owned table is emptied after each test."""
-    yield
-    import_all_models()
-    tables = [t.name for t in Base.metadata.sorted_tables]
-    if not tables:
-        return
-    engine = create_async_engine(database_url)
-    try:
-        # A background task of the finished test's app (a sender, a runner) may still be
-        # committing its last transaction: TRUNCATE's locks can then deadlock with it once.
-        for attempt in range(5):
-            try:
-                async with engine.begin() as conn:
-                    await conn.execute(text("SET LOCAL lock_timeout = '10s'"))
-                    await conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
-                break
-            except DBAPIError as exc:
-                if attempt == 4 or getattr(exc.orig, "sqlstate", None) not in {"40P01", "55P03"}:
-                    raise
-    finally:
-        await engine.dispose()
+def clean_tables(database_url: str) -> None:
+    """Kept for the tests that ask for it: every test that asks for ``database_url`` now
+    has a database of its own (see :func:`database_url`), so there is nothing to empty."""
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 
 from tests.auth.conftest import Serve
 from tests.fixtures.oidc import INTROSPECTION_CLIENT_ID, INTROSPECTION_CLIENT_SECRET, OidcIssuer
+from tests.fixtures.structural import Suspended, complete_without_suspending
 
 ME = "/api/v1/me"
 
@@ -94,22 +95,23 @@ async def test_concurrent_requests_share_one_introspection(
         assert issuer.introspection_calls == 1
 
 
-async def test_warm_auth_is_well_under_a_millisecond_with_a_slow_idp(
+async def test_warm_auth_answers_from_memory_without_waiting_for_a_slow_idp(
     serve: Serve, issuer: OidcIssuer
 ) -> None:
     issuer.register_opaque("warm", **active(issuer))
     issuer.introspection_delay_s = 0.3
     async with serve(**introspection(issuer)) as (app, _http):
         authenticator = app.state.auth
-        started = time.perf_counter()
+        cold = authenticator.authenticate("warm")
+        with pytest.raises(Suspended):  # the first one waits for the IdP
+            complete_without_suspending(cold)
         await authenticator.authenticate("warm")
-        assert time.perf_counter() - started >= 0.3
-        rounds = 2000
-        started = time.perf_counter()
-        for _ in range(rounds):
-            await authenticator.authenticate("warm")
-        per_call = (time.perf_counter() - started) / rounds
-        assert per_call < 0.0005, f"{per_call * 1e6:.0f} µs per warm authentication"
+        assert issuer.introspection_calls == 1
+        # Warm: answered from memory, so it never waits on anything (a socket, a lock, a
+        # task) - however slow the IdP or busy the machine. Speed itself is benchmarked.
+        for _ in range(200):
+            principal = complete_without_suspending(authenticator.authenticate("warm"))
+            assert principal.subject == "svc-1"
         assert issuer.introspection_calls == 1
 
 

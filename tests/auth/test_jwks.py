@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 import uuid
 
 import httpx
@@ -95,12 +94,17 @@ async def test_cached_keys_keep_working_when_idp_is_down(serve: Serve, issuer: O
 async def test_cached_keys_keep_working_when_idp_is_slow(serve: Serve, issuer: OidcIssuer) -> None:
     async with serve(http_timeout_s=0.3) as (app, http):
         assert await app.state.auth.keys.wait_for_keys(5)
-        issuer.delay_s = 2.0
-        started = time.monotonic()
-        assert (await http.get(ME, headers=bearer(issuer.token()))).status_code == 200
-        kid = issuer.add_key("EC", publish=False)
-        assert (await http.get(ME, headers=bearer(issuer.token(kid=kid)))).status_code == 401
-        assert time.monotonic() - started < 1.5  # the refresh gave up at the timeout
+        issuer.hold()  # slower than any timeout: answers nothing until released
+        try:
+            async with asyncio.timeout(30):  # a hang detector, not a speed bound
+                assert (await http.get(ME, headers=bearer(issuer.token()))).status_code == 200
+                kid = issuer.add_key("EC", publish=False)
+                response = await http.get(ME, headers=bearer(issuer.token(kid=kid)))
+            assert response.status_code == 401
+            # The refresh asked the IdP and gave up at its timeout while the IdP still held it.
+            assert issuer.held_requests >= 1
+        finally:
+            issuer.release()
 
 
 async def test_cold_start_with_idp_down_starts_and_answers_503(
@@ -123,12 +127,16 @@ async def test_cold_start_with_idp_down_starts_and_answers_503(
 
 
 async def test_cold_start_with_slow_idp_answers_503(serve: Serve, issuer: OidcIssuer) -> None:
-    issuer.delay_s = 2.0
-    async with serve(http_timeout_s=0.3) as (_app, http):
-        started = time.monotonic()
-        response = await http.get(ME, headers=bearer(issuer.token()))
-        assert response.status_code == 503
-        assert time.monotonic() - started < 1.5
+    issuer.hold()  # slower than any timeout: answers nothing until released
+    try:
+        async with serve(http_timeout_s=0.3) as (_app, http):
+            async with asyncio.timeout(30):  # a hang detector, not a speed bound
+                response = await http.get(ME, headers=bearer(issuer.token()))
+            assert response.status_code == 503
+            # Answered while the IdP still held the key fetch: the app gave up at its timeout.
+            assert issuer.held_requests >= 1
+    finally:
+        issuer.release()
 
 
 async def test_unreachable_issuer_answers_503(serve: Serve, issuer: OidcIssuer) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -70,7 +69,9 @@ async def test_run_in_a_killed_process_is_rescued_after_its_lease_expires(
     assert done.progress.rows_loaded == expected
 
 
-async def test_cancel_stops_a_running_run_within_five_seconds(ingest: IngestKit) -> None:
+async def test_cancel_through_the_database_stops_a_running_run_before_it_finishes(
+    ingest: IngestKit,
+) -> None:
     await ingest.tenant()
     source = await ingest.source(
         config={"seed": 4, "sessions_per_day": 400, "batch_rows": 50, "batch_delay_ms": 300}
@@ -83,15 +84,19 @@ async def test_cancel_stops_a_running_run_within_five_seconds(ingest: IngestKit)
             return (await ingest.run(run.id)).progress.rows_loaded > 0
 
         await wait_until(loading, timeout_s=60)
+        noticed = runner.active[run.id].cancel
         async with ingest.db.session(all_tenants=True) as session:
             # Through the database flag only, as when the request lands on another replica.
             await service.cancel_run(session, TENANT, run.id)
             await session.commit()
-        asked = time.monotonic()
-        done = await ingest.wait_final(run.id, timeout_s=10)
-        took = time.monotonic() - asked
+
+        async def cancel_noticed() -> bool:
+            return noticed.is_set()
+
+        # The runner's own poll notices the flag (not the lease expiry, not the load's end).
+        await wait_until(cancel_noticed, timeout_s=30)
+        done = await ingest.wait_final(run.id, timeout_s=30)
     assert done.status == "cancelled"
-    assert took < 5.0
     # Batches committed before the cancel stay; the one in flight was rolled back.
     assert await ingest.event_count() == done.progress.rows_loaded
     assert done.progress.rows_loaded < expected_rows(4, DAY, DAY, 400)
@@ -198,13 +203,12 @@ async def test_shutdown_releases_a_run_that_outlasts_the_grace_period(
             return (await ingest.run(run.id)).progress.rows_loaded > 0
 
         await wait_until(loading, timeout_s=60)
-        stopping = time.monotonic()
-    took = time.monotonic() - stopping
     released = await ingest.run(run.id)
     assert released.status == "queued"
     assert released.lease_owner is None
     assert released.attempt == 0  # the interrupted attempt is not spent
-    assert took < 15
+    # The runner stopped without waiting for the load to end (it had ~12 s left).
+    assert released.progress.rows_loaded < expected_rows(5, DAY, DAY, 400)
     # Another runner finishes it; counts end up as for one clean run.
     async with ingest.runner():
         done = await ingest.wait_final(run.id, timeout_s=180)
