@@ -38,6 +38,9 @@ SHAPING_FILES = (
     "src/app/modules/events/schema.py",
     "src/app/modules/events/service.py",
     "src/app/modules/events/rollups.py",
+    "src/app/modules/events/increments.py",
+    "src/app/modules/events/sketches.py",
+    "src/app/modules/events/definitions.py",
     "src/app/modules/events/grains.py",
 )
 # Bump when this module changes what it generates.

@@ -17,7 +17,7 @@ import time
 
 import datasketches  # type: ignore[import-untyped]
 
-from app.modules.events.rollups import LG_K, merge_sketches
+from app.modules.events.sketches import LG_K, merge_sketches
 from app.modules.events.sketches_merge import merge_blobs
 
 

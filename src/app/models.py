@@ -7,7 +7,6 @@ import importlib
 MODEL_MODULES: tuple[str, ...] = (
     "app.modules.tenants.models",
     "app.modules.notifications.models",
-    "app.modules.events.rollups",
     "app.modules.events.models",
     "app.modules.ingestion.models",
 )

@@ -21,8 +21,9 @@ from app.modules.events import (
     load_events,
     to_canonical,
 )
-from app.modules.events.rollups import RELATIVE_ERROR, merge_sketches, rebuild_rollups
+from app.modules.events.rollups import rebuild_rollups
 from app.modules.events.schema import MAX_TEXT
+from app.modules.events.sketches import RELATIVE_ERROR, merge_sketches
 from app.modules.tenants import TenantCreate, create_tenant
 from tests.fixtures.ingestion import fast_settings
 

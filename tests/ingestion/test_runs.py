@@ -72,7 +72,8 @@ async def test_a_batch_committed_backfill_keeps_rollups_equal_to_a_full_rebuild(
     (no day is re-read). Two overlapping runs, the second one touching days the first
     loaded, end with rollups equal to a rebuild: sums and exact counts equal, sketch
     estimates within the bound."""
-    from app.modules.events.rollups import RELATIVE_ERROR, merge_sketches, rebuild_rollups
+    from app.modules.events.rollups import rebuild_rollups
+    from app.modules.events.sketches import RELATIVE_ERROR, merge_sketches
 
     await ingest.tenant(timezone="Asia/Kolkata")
     first = await ingest.source(config={"seed": 8, "sessions_per_day": 120, "batch_rows": 250})

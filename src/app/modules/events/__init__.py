@@ -17,13 +17,7 @@ from app.modules.events.definitions import DIMENSIONS
 from app.modules.events.facts import DataFacts, data_facts
 from app.modules.events.grains import compact_tenant_rollups
 from app.modules.events.query import aggregate_all, first_event_day
-from app.modules.events.rollups import (
-    CONFIDENCE,
-    RELATIVE_ERROR,
-    DistinctCount,
-    RollupState,
-    rollup_state,
-)
+from app.modules.events.rollups import RollupState, rollup_state
 from app.modules.events.schema import (
     CANONICAL_FIELDS,
     CanonicalEvent,
@@ -39,6 +33,7 @@ from app.modules.events.service import (
     get_data_version,
     load_events,
 )
+from app.modules.events.sketches import CONFIDENCE, RELATIVE_ERROR, DistinctCount
 from app.modules.events.spec import (
     FILTER_OPERATORS,
     RANKABLE,

@@ -20,6 +20,15 @@ DIMENSIONS: dict[str, int] = {
     "campaign": 10,
 }
 TOTAL_DIMENSION = 0
+# The dimension names in id order (1, 2, ...): the rollups' fan-out order.
+DIMENSION_NAMES: tuple[str, ...] = tuple(sorted(DIMENSIONS, key=DIMENSIONS.__getitem__))
+
+# Rollup grains (stats_rollups.grain).
+GRAIN_HOUR = 0
+GRAIN_DAY = 1
+# Derived from the day rows after imports commit (app.modules.events.grains).
+GRAIN_WEEK = 2
+GRAIN_MONTH = 3
 
 # GA4: an engaged session lasted 10 s or more, had two or more page views, had a
 # conversion, or was flagged engaged by the collector.

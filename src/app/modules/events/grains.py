@@ -34,17 +34,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Database, copy_rows_through_staging
-from app.modules.events.rollups import (
-    _HLL_TYPE,
-    GRAIN_DAY,
-    GRAIN_MONTH,
-    GRAIN_WEEK,
-    LG_K,
-    ROLLUP_COLUMNS,
-    RunInWorker,
-    rollup_state,
-    run_inline,
-)
+from app.modules.events.definitions import GRAIN_DAY, GRAIN_MONTH, GRAIN_WEEK
+from app.modules.events.rollups import ROLLUP_COLUMNS, RunInWorker, rollup_state, run_inline
+from app.modules.events.sketches import HLL_TYPE, LG_K
 
 log = structlog.get_logger("app.events.grains")
 
@@ -142,7 +134,7 @@ def _union(blobs: SketchBlobs) -> bytes | None:
     union = datasketches.hll_union(LG_K)
     for blob in blobs:
         union.update(datasketches.hll_sketch.deserialize(bytes(blob)))
-    return bytes(union.get_result(_HLL_TYPE).serialize_compact())
+    return bytes(union.get_result(HLL_TYPE).serialize_compact())
 
 
 def union_group_sketches(

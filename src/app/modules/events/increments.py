@@ -33,18 +33,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import copy_rows
-from app.modules.events.grains import invalidate_coarse
-from app.modules.events.rollups import (
-    _HLL_TYPE,
+from app.modules.events.definitions import (
+    DIMENSION_NAMES,
+    ENGAGED_MIN_MSEC,
+    ENGAGED_MIN_PAGEVIEWS,
+    FIRST_VISIT,
     GRAIN_DAY,
     GRAIN_HOUR,
-    LG_K,
-    ROLLUP_COLUMNS,
-    ROLLUP_DIMENSIONS,
-    RunInWorker,
-    hash_values,
-    run_inline,
+    PAGE_VIEW,
 )
+from app.modules.events.grains import invalidate_coarse
+from app.modules.events.rollups import ROLLUP_COLUMNS, RunInWorker, run_inline
+from app.modules.events.sketches import HLL_TYPE, LG_K, hash_values
 
 LOADED_TABLE = "pulse_loaded"
 CREATE_LOADED = text(
@@ -52,21 +52,29 @@ CREATE_LOADED = text(
     " (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 
-_ENGAGED = "{f} OR {m} >= 10000 OR {p} >= 2 OR {c}"  # the rebuild's definition, on the facts
+# A session is engaged (definitions.py), on its additive facts: flagged by the collector,
+# engaged long enough, enough page views, or a conversion.
+_ENGAGED = f"{{f}} OR {{m}} >= {ENGAGED_MIN_MSEC} OR {{p}} >= {ENGAGED_MIN_PAGEVIEWS} OR {{c}}"
+
+
+def _session_facts(source: str, where: str = "TRUE") -> str:
+    """Each session's additive facts from the events in ``source`` (a SELECT's body)."""
+    return f"""
+        SELECT user_id, session_id,
+            coalesce(bool_or(session_engaged), false) AS flagged,
+            coalesce(sum(engagement_time_msec), 0)::bigint AS msec,
+            count(*) FILTER (WHERE event_name = '{PAGE_VIEW}') AS pageviews,
+            coalesce(bool_or(event_name = ANY(:conversions)), false) AS converted
+        FROM {source}
+        WHERE {where} AND user_id IS NOT NULL AND session_id IS NOT NULL
+        GROUP BY user_id, session_id
+    """
+
 
 _SESSIONS = text(
     f"""
     CREATE TEMP TABLE pulse_sess ON COMMIT DROP AS
-    WITH d AS (
-        SELECT user_id, session_id,
-            coalesce(bool_or(session_engaged), false) AS flagged,
-            coalesce(sum(engagement_time_msec), 0)::bigint AS msec,
-            count(*) FILTER (WHERE event_name = 'page_view') AS pageviews,
-            coalesce(bool_or(event_name = ANY(:conversions)), false) AS converted
-        FROM {LOADED_TABLE}
-        WHERE user_id IS NOT NULL AND session_id IS NOT NULL
-        GROUP BY user_id, session_id
-    ),
+    WITH d AS ({_session_facts(LOADED_TABLE)}),
     old AS (
         SELECT s.user_id, s.session_id, s.engaged FROM stats_sessions s
         JOIN d ON d.user_id = s.user_id AND d.session_id = s.session_id
@@ -116,7 +124,7 @@ def _fanout(grain: int, e: str) -> str:
         return "(VALUES (0, ''))"
     values = ", ".join(
         f"({i}, coalesce(nullif({e}.{name}, ''), '(not set)'))"
-        for i, name in enumerate(ROLLUP_DIMENSIONS, start=1)
+        for i, name in enumerate(DIMENSION_NAMES, start=1)
     )
     return f"(VALUES (0, ''), {values})"
 
@@ -148,8 +156,8 @@ def _aggregate(grain: int) -> Any:
         per_session AS MATERIALIZED (
             SELECT bucket, dim, value, uh, sh,
                 count(*) AS events,
-                count(*) FILTER (WHERE event_name = 'page_view') AS pageviews,
-                count(*) FILTER (WHERE event_name = 'first_visit') AS new_users,
+                count(*) FILTER (WHERE event_name = '{PAGE_VIEW}') AS pageviews,
+                count(*) FILTER (WHERE event_name = '{FIRST_VISIT}') AS new_users,
                 count(*) FILTER (WHERE is_conversion) AS conversions,
                 sum(engagement_time_msec) AS engagement_msec,
                 sum(revenue) AS revenue,
@@ -301,7 +309,7 @@ SketchInput = tuple[bytes | None, bytes | None]
 def _union(stored: bytes | None, hashes: bytes | None) -> bytes | None:
     if not hashes:
         return stored
-    sketch = datasketches.hll_sketch(LG_K, _HLL_TYPE)
+    sketch = datasketches.hll_sketch(LG_K, HLL_TYPE)
     for value in hash_values(hashes):
         sketch.update(value)
     if stored is None:
@@ -309,7 +317,7 @@ def _union(stored: bytes | None, hashes: bytes | None) -> bytes | None:
     union = datasketches.hll_union(LG_K)
     union.update(datasketches.hll_sketch.deserialize(bytes(stored)))
     union.update(sketch)
-    return bytes(union.get_result(_HLL_TYPE).serialize_compact())
+    return bytes(union.get_result(HLL_TYPE).serialize_compact())
 
 
 def merge_sketches_of_groups(
@@ -405,16 +413,7 @@ _REBUILD_SESSIONS = (
             engagement_msec, pageviews, converted, engaged)
         SELECT :tenant_id, user_id, session_id, flagged, msec, pageviews, converted,
             {_ENGAGED.format(f="flagged", m="msec", p="pageviews", c="converted")}
-        FROM (
-            SELECT user_id, session_id,
-                coalesce(bool_or(session_engaged), false) AS flagged,
-                coalesce(sum(engagement_time_msec), 0)::bigint AS msec,
-                count(*) FILTER (WHERE event_name = 'page_view') AS pageviews,
-                coalesce(bool_or(event_name = ANY(:conversions)), false) AS converted
-            FROM events
-            WHERE tenant_id = :tenant_id AND user_id IS NOT NULL AND session_id IS NOT NULL
-            GROUP BY user_id, session_id
-        ) d
+        FROM ({_session_facts("events", "tenant_id = :tenant_id")}) d
         """
     ),
 )

@@ -32,7 +32,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.modules.events.rollups import DistinctCount, exact, in_slices
+from app.core.cpu import in_slices
+from app.modules.events.sketches import DistinctCount, exact
 from app.modules.events.sketches_merge import merge_blobs
 from app.modules.events.spec import (
     AggregateResult,

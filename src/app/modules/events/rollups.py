@@ -1,6 +1,13 @@
-"""Rollups of each tenant's events, kept up to date inside every load.
+"""Rollups of each tenant's events: the rebuild from the events table.
 
-Two grains in ``stats_rollups``:
+Loads add their rows to the rollups (:mod:`app.modules.events.increments`); this module
+rebuilds whole days instead, for a tenant's first load and after a change of its
+timezone or conversion events. The tables are in :mod:`app.modules.events.models`, the
+sketch maths in :mod:`app.modules.events.sketches`, the dimensions, grains and the
+engagement rule in :mod:`app.modules.events.definitions`.
+
+Two grains of ``stats_rollups`` are built from events (week and month rows are derived
+from the day rows, :mod:`app.modules.events.grains`):
 
 * ``GRAIN_DAY``: one row per (tenant, local day in the tenant's timezone, dimension,
   value), for the "all events" total (dimension 0) and each of the ten dashboard
@@ -14,7 +21,7 @@ Each row holds exact additive sums, exact distinct users/sessions of that bucket
 to rank breakdown candidates) and four HyperLogLog sketches (Apache DataSketches,
 lg_k=12, HLL_4) of the distinct users, sessions, engaged sessions and converting
 sessions. Sums add up over any range; sketches merge into distinct counts whose
-relative error is bounded (see :data:`RELATIVE_ERROR`).
+relative error is bounded (see :data:`app.modules.events.sketches.RELATIVE_ERROR`).
 
 Session-level facts are global to the session: a session is engaged if *any* of its
 events, on any day, makes it so. A late event can therefore change an older day; the
@@ -26,179 +33,32 @@ for a timezone, all rows for conversion events) and the next refresh rebuilds th
 
 from __future__ import annotations
 
-import array
-import asyncio
-import sys
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
-import datasketches  # type: ignore[import-untyped]
 import structlog
-from sqlalchemy import (
-    ARRAY,
-    BigInteger,
-    Boolean,
-    DateTime,
-    ForeignKey,
-    LargeBinary,
-    Numeric,
-    SmallInteger,
-    Text,
-)
 from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.cpu import background_slice
-from app.core.db import Base, copy_rows_through_staging
+from app.core.db import copy_rows_through_staging
+from app.modules.events.definitions import (
+    DIMENSION_NAMES,
+    FIRST_VISIT,
+    GRAIN_DAY,
+    GRAIN_HOUR,
+    PAGE_VIEW,
+)
+from app.modules.events.sketches import Sketches, build_group_sketches
 
 log = structlog.get_logger("app.events.rollups")
 
-LG_K = 12
-_HLL_TYPE = datasketches.tgt_hll_type.HLL_4
-# Confidence of the reported bounds: three standard deviations (99.7%).
-NUM_STD_DEV = 3
-CONFIDENCE = 0.997
-# The bound on |estimate - exact| / exact for a merged (unioned) sketch at that confidence.
-RELATIVE_ERROR: float = abs(datasketches.hll_sketch.get_rel_err(True, True, LG_K, NUM_STD_DEV))
-
-# Same allow-list as the query engine (kept here to avoid an import cycle).
-ROLLUP_DIMENSIONS: tuple[str, ...] = (
-    "event_name",
-    "page_path",
-    "country",
-    "city",
-    "device_category",
-    "os",
-    "browser",
-    "source",
-    "medium",
-    "campaign",
-)
-# CPU work on the loop runs in slices of about this long between yields.
-SLICE_S = 0.005
-T = TypeVar("T")
-R = TypeVar("R")
+ROLLUP_DIMENSIONS = DIMENSION_NAMES
 # How many UTC days one refresh statement aggregates (bounds the server's work per
 # statement), and how many aggregated rows are fetched at a time.
 _DAYS_PER_BATCH = 7
 _STREAM_ROWS = 16
-
-
-GRAIN_HOUR = 0
-GRAIN_DAY = 1
-# Derived from the day rows after imports commit (app.modules.events.grains).
-GRAIN_WEEK = 2
-GRAIN_MONTH = 3
-
-
-class StatsRollup(Base):
-    __tablename__ = "stats_rollups"
-
-    tenant_id: Mapped[str] = mapped_column(
-        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
-    grain: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    dim: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
-    bucket: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
-    value: Mapped[str] = mapped_column(Text, primary_key=True)
-    events: Mapped[int] = mapped_column(BigInteger)
-    pageviews: Mapped[int] = mapped_column(BigInteger)
-    new_users: Mapped[int] = mapped_column(BigInteger)
-    conversions: Mapped[int] = mapped_column(BigInteger)
-    engagement_msec: Mapped[int] = mapped_column(BigInteger)
-    revenue: Mapped[Decimal] = mapped_column(Numeric(24, 6))
-    users_count: Mapped[int] = mapped_column(BigInteger)
-    sessions_count: Mapped[int] = mapped_column(BigInteger)
-    users_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
-    sessions_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
-    engaged_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
-    converting_hll: Mapped[bytes | None] = mapped_column(LargeBinary)
-    # Week and month rows: how many day rows they merge (hour and day rows: NULL).
-    day_rows: Mapped[int | None] = mapped_column(SmallInteger)
-
-
-class StatsRollupState(Base):
-    """The timezone and conversion events a tenant's rollups were built with."""
-
-    __tablename__ = "stats_rollup_state"
-
-    tenant_id: Mapped[str] = mapped_column(
-        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
-    timezone: Mapped[str] = mapped_column(Text)
-    conversion_events: Mapped[list[str]] = mapped_column(ARRAY(Text))
-    built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    sessions_built: Mapped[bool] = mapped_column(Boolean, server_default=sql_text("false"))
-
-
-class StatsSession(Base):
-    """A session's additive facts, which decide whether it is engaged (``increments``)."""
-
-    __tablename__ = "stats_sessions"
-
-    tenant_id: Mapped[str] = mapped_column(
-        Text, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
-    user_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    session_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    flagged: Mapped[bool] = mapped_column(Boolean)
-    engagement_msec: Mapped[int] = mapped_column(BigInteger)
-    pageviews: Mapped[int] = mapped_column(BigInteger)
-    converted: Mapped[bool] = mapped_column(Boolean)
-    engaged: Mapped[bool] = mapped_column(Boolean)
-
-
-# --- distinct counts -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DistinctCount:
-    """A distinct count: exact, or an HLL estimate with bounds at :data:`CONFIDENCE`."""
-
-    estimate: float
-    lower: float
-    upper: float
-    is_exact: bool
-
-    @property
-    def value(self) -> int:
-        return round(self.estimate)
-
-
-def exact(n: int) -> DistinctCount:
-    return DistinctCount(float(n), float(n), float(n), True)
-
-
-def sketch_of(hashes: Iterable[int]) -> bytes | None:
-    """A compact serialized HLL sketch of 64-bit hashes (None when there are none).
-    Repeated hashes are fine: a sketch counts each distinct value once."""
-    sketch = datasketches.hll_sketch(LG_K, _HLL_TYPE)
-    empty = True
-    for h in hashes:
-        sketch.update(h)
-        empty = False
-    return None if empty else bytes(sketch.serialize_compact())
-
-
-def merge_sketches(blobs: Sequence[bytes]) -> DistinctCount:
-    """The distinct count of the union of serialized sketches."""
-    if not blobs:
-        return exact(0)
-    union = datasketches.hll_union(LG_K)
-    for blob in blobs:
-        union.update(datasketches.hll_sketch.deserialize(bytes(blob)))
-    result = union.get_result(_HLL_TYPE)
-    return DistinctCount(
-        estimate=result.get_estimate(),
-        lower=result.get_lower_bound(NUM_STD_DEV),
-        upper=result.get_upper_bound(NUM_STD_DEV),
-        is_exact=False,
-    )
 
 
 # --- refresh ----------------------------------------------------------------------------
@@ -297,8 +157,8 @@ def _aggregate_sql(grain: int) -> Any:
             -- decode and sketch). The sums add up again in the outer aggregate.
             SELECT x.bucket, d.dim, d.value, x.uh, x.sh,
                 count(*) AS events,
-                count(*) FILTER (WHERE x.event_name = 'page_view') AS pageviews,
-                count(*) FILTER (WHERE x.event_name = 'first_visit') AS new_users,
+                count(*) FILTER (WHERE x.event_name = '{PAGE_VIEW}') AS pageviews,
+                count(*) FILTER (WHERE x.event_name = '{FIRST_VISIT}') AS new_users,
                 count(*) FILTER (WHERE x.is_conversion) AS conversions,
                 sum(x.engagement_time_msec) AS engagement_msec,
                 sum(x.revenue) AS revenue,
@@ -387,40 +247,6 @@ def _batches(days: Collection[date]) -> list[tuple[date, date]]:
     return runs
 
 
-def hash_values(blob: bytes | None) -> array.array[int]:
-    """64-bit hashes sent by PostgreSQL as concatenated ``int8send`` values."""
-    values: array.array[int] = array.array("q")
-    if blob:
-        values.frombytes(blob)
-        if sys.byteorder == "little":
-            values.byteswap()  # int8send is big-endian
-    return values
-
-
-Sketches = tuple[int, int, bytes | None, bytes | None, bytes | None, bytes | None]
-
-
-def build_group_sketches(
-    groups: Sequence[tuple[bytes | None, bytes | None, bytes | None, bytes | None]],
-) -> list[Sketches]:
-    """Per group: exact distinct users and sessions, and the four sketches. Pure CPU:
-    runs in a worker process during imports; bytes in, small tuples out."""
-    out: list[Sketches] = []
-    for users, sessions, engaged, converting in groups:
-        user_hashes, session_hashes = hash_values(users), hash_values(sessions)
-        out.append(
-            (
-                len(set(user_hashes)),
-                len(set(session_hashes)),
-                sketch_of(user_hashes),
-                sketch_of(session_hashes),
-                sketch_of(hash_values(engaged)),
-                sketch_of(hash_values(converting)),
-            )
-        )
-    return out
-
-
 # How CPU work of a rollup refresh runs: in a worker process (imports) or inline.
 RunInWorker = Callable[..., Awaitable[Any]]
 
@@ -444,34 +270,6 @@ def _rollup_record(tenant_id: str, grain: int, row: Any, built: Sketches) -> tup
         row.revenue,
         *built,
     )
-
-
-async def in_slices(
-    items: Iterable[T], work: Callable[[T], R], *, background: bool = False
-) -> list[R]:
-    """``[work(item) for item in items]`` on the loop, yielding every few milliseconds.
-
-    Sketch work is short per item but adds up; worker threads would contend with the
-    loop for the GIL (8 concurrent loads lagged it by hundreds of ms), slices do not.
-    ``background``: slices take turns with other background work
-    (:func:`app.core.cpu.background_slice`); a request's own work does not queue there.
-    """
-    loop = asyncio.get_running_loop()
-    out: list[R] = []
-    iterator = iter(items)
-    done = False
-    while not done:
-        async with background_slice() if background else nullcontext():
-            deadline = loop.time() + SLICE_S
-            for item in iterator:
-                out.append(work(item))
-                if loop.time() >= deadline:
-                    break
-            else:
-                done = True
-        if not background and not done:
-            await asyncio.sleep(0)
-    return out
 
 
 async def _session_days(session: AsyncSession, tenant_id: str, days: Collection[date]) -> set[date]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import datasketches  # type: ignore[import-untyped]
 
-from app.modules.events.rollups import LG_K, NUM_STD_DEV, DistinctCount, exact
+from app.modules.events.sketches import LG_K, NUM_STD_DEV, DistinctCount, exact
 
 _deserialize = datasketches.hll_sketch.deserialize
 

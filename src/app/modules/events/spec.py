@@ -10,15 +10,12 @@ from typing import Any, Literal
 
 from app.modules.events.definitions import (
     DIMENSIONS,
-)
-from app.modules.events.rollups import (
     GRAIN_DAY,
     GRAIN_HOUR,
     GRAIN_MONTH,
     GRAIN_WEEK,
-    DistinctCount,
-    exact,
 )
+from app.modules.events.sketches import DistinctCount, exact
 
 NOT_SET = "(not set)"
 TimeGrain = Literal["hour", "day", "week", "month"]

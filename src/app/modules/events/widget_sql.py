@@ -21,10 +21,10 @@ from app.modules.events.definitions import (
     ENGAGED_MIN_MSEC,
     ENGAGED_MIN_PAGEVIEWS,
     FIRST_VISIT,
+    GRAIN_MONTH,
     PAGE_VIEW,
     TOTAL_DIMENSION,
 )
-from app.modules.events.rollups import GRAIN_MONTH
 from app.modules.events.spec import (
     DISTINCT,
     EXACT_COLUMNS,
