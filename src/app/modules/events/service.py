@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 import msgspec
 import structlog
@@ -28,41 +29,40 @@ _CREATE_STAGING = text(
     "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _COLUMNS_SQL = ", ".join(f'"{c}"' for c in LOAD_COLUMNS)
-_MERGE = text(
-    f"""
-    WITH inserted AS (
-        INSERT INTO events ({_COLUMNS_SQL})
-        SELECT {_COLUMNS_SQL} FROM {STAGING_TABLE}
-        ON CONFLICT (tenant_id, event_id) DO NOTHING
-        RETURNING *
-    ),
-    -- What this transaction loaded: the rollups are updated from it (``increments``).
-    kept AS (
-        INSERT INTO {LOADED_TABLE} SELECT * FROM inserted RETURNING occurred_at
+
+
+def _merge_sql(*, keep: bool) -> Any:
+    """Staging -> events, skipping rows whose (tenant, event_id) exists; the inserted
+    count, their UTC days and the newest. ``keep``: also keep the inserted rows in
+    pulse_loaded, for an incremental rollup update (``increments``). A transaction whose
+    rollups are rebuilt from the events table anyway (a tenant's first load, a timezone
+    change) does without: the copy would be a second write of every row for nothing."""
+    if keep:
+        returning = "*"
+        loaded = (
+            f"kept AS (INSERT INTO {LOADED_TABLE} SELECT * FROM inserted RETURNING occurred_at)"
+        )
+        source = "kept"
+    else:
+        returning, loaded, source = "occurred_at", "", "inserted"
+    return text(
+        f"""
+        WITH inserted AS (
+            INSERT INTO events ({_COLUMNS_SQL})
+            SELECT {_COLUMNS_SQL} FROM {STAGING_TABLE}
+            ON CONFLICT (tenant_id, event_id) DO NOTHING
+            RETURNING {returning}
+        ){", " + loaded if loaded else ""}
+        SELECT count(*) AS inserted,
+            coalesce(array_agg(DISTINCT (occurred_at AT TIME ZONE 'UTC')::date), '{{}}') AS days,
+            max(occurred_at) AS newest
+        FROM {source}
+        """
     )
-    SELECT count(*) AS inserted,
-           coalesce(array_agg(DISTINCT (occurred_at AT TIME ZONE 'UTC')::date), '{{}}') AS days,
-           max(occurred_at) AS newest
-    FROM kept
-    """
-)
-# The same without keeping the loaded rows: for a transaction whose rollups are rebuilt
-# from the events table anyway (a tenant's first load, a timezone change), the copy
-# into pulse_loaded would cost a second write of every row for nothing.
-_MERGE_ONLY = text(
-    f"""
-    WITH inserted AS (
-        INSERT INTO events ({_COLUMNS_SQL})
-        SELECT {_COLUMNS_SQL} FROM {STAGING_TABLE}
-        ON CONFLICT (tenant_id, event_id) DO NOTHING
-        RETURNING occurred_at
-    )
-    SELECT count(*) AS inserted,
-           coalesce(array_agg(DISTINCT (occurred_at AT TIME ZONE 'UTC')::date), '{{}}') AS days,
-           max(occurred_at) AS newest
-    FROM inserted
-    """
-)
+
+
+_MERGE = _merge_sql(keep=True)
+_MERGE_ONLY = _merge_sql(keep=False)
 # COPY data is sent in pieces of this size (the driver's own buffer is similar).
 _COPY_CHUNK = 1 << 18
 # How long a load waits for its turn behind other loads of the tenant by default
