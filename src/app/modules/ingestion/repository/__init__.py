@@ -1,9 +1,19 @@
 """The ingestion module's SQL: the run lifecycle (``runs``), what a run reads and writes
-of its source (``sources``) and the scheduler's (``schedule``). Callers use this package
+of its source (``sources``), the scheduler's (``schedule``) and the API's lookups of
+runs, sources and quarantined rows (``records``). Callers use this package
 (``repository.claim_next_run(...)``); nothing here commits."""
 
 from __future__ import annotations
 
+from app.modules.ingestion.repository.records import (
+    delete_source,
+    find_run,
+    find_source,
+    quarantine_page,
+    runs_page,
+    sources_with_secrets_for_update,
+    tenant_sources,
+)
 from app.modules.ingestion.repository.runs import (
     BatchCounts,
     ClaimedRun,
@@ -46,18 +56,25 @@ __all__ = [
     "SourceOutcome",
     "cancel_requested",
     "claim_next_run",
+    "delete_source",
+    "find_run",
+    "find_source",
     "finish_run",
     "imported_files",
     "lock_expired_runs",
     "patch_cursor",
     "quarantine",
+    "quarantine_page",
     "record_ledger",
     "record_source_outcome",
     "release_run",
     "renew_lease",
     "requeue_expired",
     "retry_run",
+    "runs_page",
     "schedule_slot",
     "scheduled_sources",
     "source_for_run",
+    "sources_with_secrets_for_update",
+    "tenant_sources",
 ]

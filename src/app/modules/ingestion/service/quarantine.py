@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.pagination import int_cursor, parse_int_cursor
-from app.modules.ingestion import schemas
-from app.modules.ingestion.models import QuarantinedRow
+from app.modules.ingestion import repository, schemas
 from app.modules.ingestion.service.runs import _get_run
 
 
@@ -24,13 +22,9 @@ async def list_quarantine(
     """A run's quarantined rows in the order they were found (``core.pagination``)."""
     after = parse_int_cursor(cursor) if cursor is not None else None
     await _get_run(session, tenant_id, run_id)
-    query = select(QuarantinedRow).where(
-        QuarantinedRow.tenant_id == tenant_id, QuarantinedRow.run_id == run_id
+    items = await repository.quarantine_page(
+        session, tenant_id, run_id, after=after, limit=limit + 1
     )
-    if after is not None:
-        query = query.where(QuarantinedRow.id > after)
-    rows = await session.execute(query.order_by(QuarantinedRow.id).limit(limit + 1))
-    items = list(rows.scalars())
     page = items[:limit]
     return schemas.QuarantinePage(
         items=[

@@ -10,13 +10,12 @@ from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 import structlog
-from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.logging import current_request_id
 from app.core.pagination import parse_time_id_cursor, time_id_cursor
-from app.modules.ingestion import schemas
+from app.modules.ingestion import repository, schemas
 from app.modules.ingestion.connectors.base import Connector
 from app.modules.ingestion.models import Run, Source
 from app.modules.ingestion.service.sources import _connector, _get_source, _tenant_timezone, _typed
@@ -157,9 +156,7 @@ async def create_run(
 
 
 async def _get_run(session: AsyncSession, tenant_id: str, run_id: uuid.UUID) -> Run:
-    run = (
-        await session.execute(select(Run).where(Run.tenant_id == tenant_id, Run.id == run_id))
-    ).scalar_one_or_none()
+    run = await repository.find_run(session, tenant_id, run_id)
     if run is None:
         raise NotFound(f"run {run_id} not found")
     return run
@@ -179,17 +176,14 @@ async def list_runs(
     cursor: str | None = None,
 ) -> schemas.RunPage:
     """The tenant's runs, newest first, ``limit`` at a time (``core.pagination``)."""
-    query = select(Run).where(Run.tenant_id == tenant_id)
-    if source_id is not None:
-        query = query.where(Run.source_id == source_id)
-    if status is not None:
-        query = query.where(Run.status == status)
-    if cursor is not None:
-        query = query.where(tuple_(Run.created_at, Run.id) < parse_time_id_cursor(cursor))
-    rows = await session.execute(
-        query.order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
+    runs = await repository.runs_page(
+        session,
+        tenant_id,
+        source_id=source_id,
+        status=status,
+        before=parse_time_id_cursor(cursor) if cursor is not None else None,
+        limit=limit + 1,
     )
-    runs = list(rows.scalars())
     page = runs[:limit]
     last = page[-1] if len(runs) > limit and page else None
     return schemas.RunPage(
@@ -200,11 +194,7 @@ async def list_runs(
 
 async def cancel_run(session: AsyncSession, tenant_id: str, run_id: uuid.UUID) -> schemas.Run:
     """A queued run is cancelled at once; a running one stops at its next batch boundary."""
-    run = (
-        await session.execute(
-            select(Run).where(Run.tenant_id == tenant_id, Run.id == run_id).with_for_update()
-        )
-    ).scalar_one_or_none()
+    run = await repository.find_run(session, tenant_id, run_id, for_update=True)
     if run is None:
         raise NotFound(f"run {run_id} not found")
     if run.status not in ("queued", "running"):

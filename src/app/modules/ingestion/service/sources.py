@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 import structlog
-from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +18,7 @@ from app.core.crypto import SecretBox
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.outbound import STRICT, OutboundPolicy, OutboundRefused
 from app.core.validation import explain
-from app.modules.ingestion import schemas
+from app.modules.ingestion import repository, schemas
 from app.modules.ingestion.connectors import connector_kinds, get_connector
 from app.modules.ingestion.connectors.base import Connector
 from app.modules.ingestion.models import Source
@@ -107,11 +106,7 @@ def _to_schema(source: Source) -> schemas.Source:
 
 
 async def _get_source(session: AsyncSession, tenant_id: str, source_id: uuid.UUID) -> Source:
-    source = (
-        await session.execute(
-            select(Source).where(Source.tenant_id == tenant_id, Source.id == source_id)
-        )
-    ).scalar_one_or_none()
+    source = await repository.find_source(session, tenant_id, source_id)
     if source is None:
         raise NotFound(f"source {source_id} not found")
     return source
@@ -170,10 +165,8 @@ async def create_source(
 
 
 async def list_sources(session: AsyncSession, tenant_id: str) -> schemas.SourceList:
-    rows = await session.execute(
-        select(Source).where(Source.tenant_id == tenant_id).order_by(Source.created_at, Source.id)
-    )
-    return schemas.SourceList(items=[_to_schema(s) for s in rows.scalars()])
+    rows = await repository.tenant_sources(session, tenant_id)
+    return schemas.SourceList(items=[_to_schema(s) for s in rows])
 
 
 async def get_source(session: AsyncSession, tenant_id: str, source_id: uuid.UUID) -> schemas.Source:
@@ -218,10 +211,7 @@ async def update_source(
 
 async def delete_source(session: AsyncSession, tenant_id: str, source_id: uuid.UUID) -> None:
     """Delete the source with its runs and ledger; loaded events stay (they are data)."""
-    result = await session.execute(
-        delete(Source).where(Source.tenant_id == tenant_id, Source.id == source_id)
-    )
-    if not getattr(result, "rowcount", 0):
+    if not await repository.delete_source(session, tenant_id, source_id):
         raise NotFound(f"source {source_id} not found")
     log.info("source.deleted", tenant_id=tenant_id, source_id=str(source_id))
 
@@ -229,11 +219,8 @@ async def delete_source(session: AsyncSession, tenant_id: str, source_id: uuid.U
 async def reencrypt_secrets(session: AsyncSession, box: SecretBox) -> int:
     """Re-encrypt every source's secrets under the primary key (the rotation step that lets
     an old key be removed from ``PULSE_SECRET_KEY``). Returns how many were rewritten."""
-    rows = await session.execute(
-        select(Source).where(Source.secrets_ciphertext.is_not(None)).with_for_update()
-    )
     changed = 0
-    for source in rows.scalars():
+    for source in await repository.sources_with_secrets_for_update(session):
         token = source.secrets_ciphertext
         if token is not None and box.needs_reencryption(token):
             source.secrets_ciphertext = box.reencrypt(
