@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 
 from app.core.validation import Text, described, iana_zone_names
+from app.modules.events import CANONICAL_FIELDS
 
-CanonicalField = Literal[
-    "event_id",
-    "event_name",
-    "occurred_at",
-    "user_id",
-    "session_id",
-    "page_path",
-    "page_title",
-    "referrer",
-    "source",
-    "medium",
-    "campaign",
-    "country",
-    "city",
-    "device_category",
-    "os",
-    "browser",
-    "engagement_time_msec",
-    "session_engaged",
-    "revenue",
-    "currency",
-    "properties",
-]
+if TYPE_CHECKING:
+    CanonicalField = str
+else:
+    # The event store's field names (written once there), as the Literal msgspec checks a
+    # column mapping's targets against and the OpenAPI schema lists.
+    CanonicalField = Literal[CANONICAL_FIELDS]
 RemoteDir = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
 ColumnName = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
 Pattern = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^/\x00]+$")]
