@@ -22,7 +22,7 @@ import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, ClassVar, TypeVar
 
@@ -124,7 +124,11 @@ class _Blocking:
     """Runs the blocking client on the app's BigQuery pool, each call within a timeout."""
 
     def __init__(self, executor: Executor | None) -> None:
-        self.executor = executor or _fallback_pool()
+        if executor is None:
+            # The app creates the pool at start-up and shuts it down at shutdown
+            # (core.lifespan); a pool made here would be nobody's to close.
+            raise TerminalError("no BigQuery thread pool was given to the connector")
+        self.executor = executor
 
     def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         return self.executor.submit(fn)
@@ -135,20 +139,9 @@ class _Blocking:
             return await future
 
 
-_FALLBACK: ThreadPoolExecutor | None = None
-
-
 # What a page reader hands over: (query, rows or prepared rows, bytes scanned), an error,
 # or the query's name when it is read to its end.
 _Page = tuple[str, list[dict[str, Any]] | Prepared, int] | BaseException | str
-
-
-def _fallback_pool() -> ThreadPoolExecutor:
-    """Only when no app pool is given (scripts): still never the event loop."""
-    global _FALLBACK
-    if _FALLBACK is None:
-        _FALLBACK = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bigquery-fallback")
-    return _FALLBACK
 
 
 class BigQueryConnector:
