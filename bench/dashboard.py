@@ -193,7 +193,7 @@ async def capture_statements(
     from app.core.settings import Settings
     from app.modules.dashboard.service import resolve_query, run_normal_query, tenant_calendar
     from app.modules.events import get_data_version
-    from app.modules.events.rollups import rollup_state
+    from app.modules.events.state import rollup_state
 
     db = Database.from_settings(Settings(env="test"), dataset.url)
     recorded: list[Statement] = []

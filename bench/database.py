@@ -41,6 +41,8 @@ SHAPING_FILES = (
     "src/app/modules/events/increments.py",
     "src/app/modules/events/sketches.py",
     "src/app/modules/events/definitions.py",
+    "src/app/modules/events/models.py",
+    "src/app/modules/events/state.py",
     "src/app/modules/events/grains.py",
 )
 # Bump when this module changes what it generates.

@@ -24,8 +24,8 @@ from app.modules.dashboard.schemas import StatsQuery
 from app.modules.dashboard.service import resolve_query, run_normal_query, tenant_calendar
 from app.modules.events import compact_tenant_rollups, get_data_version
 from app.modules.events.definitions import GRAIN_DAY, GRAIN_MONTH, GRAIN_WEEK, TOTAL_DIMENSION
-from app.modules.events.rollups import rollup_state
 from app.modules.events.spec import AggregateSpec, TopN, coarse_grains
+from app.modules.events.state import rollup_state
 from app.modules.events.widget_sql import rollup_source
 from app.modules.tenants import TenantUpdate, update_tenant
 from tests.fixtures.events import EventLoader, Sessions, TenantMaker, make_event, random_events

@@ -25,7 +25,7 @@ from app.core.db import async_url
 from app.modules.dashboard.schemas import StatsQuery
 from app.modules.dashboard.service import resolve_query, run_normal_query, tenant_calendar
 from app.modules.events import get_data_version
-from app.modules.events.rollups import rollup_state
+from app.modules.events.state import rollup_state
 from tests.fixtures.events import EventLoader, TenantMaker, random_events
 
 TODAY = datetime(2026, 4, 10, 12, tzinfo=UTC)

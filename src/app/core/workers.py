@@ -23,7 +23,7 @@ import asyncio
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -156,6 +156,15 @@ class WorkerPool:
                 f"a worker call ran for more than {self._call_timeout_s:g} s;"
                 " the worker processes were replaced"
             ) from None
+
+
+# How a unit of CPU work runs: ``WorkerPool.run`` (imports), or inline (small loads,
+# scripts, tests without a pool).
+RunInWorker = Callable[..., Awaitable[Any]]
+
+
+async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 def _stop(executor: ProcessPoolExecutor) -> None:

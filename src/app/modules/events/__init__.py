@@ -17,7 +17,6 @@ from app.modules.events.definitions import DIMENSIONS
 from app.modules.events.facts import DataFacts, data_facts
 from app.modules.events.grains import compact_tenant_rollups
 from app.modules.events.query import aggregate_all, first_event_day
-from app.modules.events.rollups import RollupState, rollup_state
 from app.modules.events.schema import (
     CANONICAL_FIELDS,
     CanonicalEvent,
@@ -46,6 +45,7 @@ from app.modules.events.spec import (
     TopN,
     time_grain,
 )
+from app.modules.events.state import RollupState, rollup_state
 
 module = Module(name="events")
 

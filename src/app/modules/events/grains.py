@@ -34,9 +34,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import Database, copy_rows_through_staging
+from app.core.workers import RunInWorker, run_inline
 from app.modules.events.definitions import GRAIN_DAY, GRAIN_MONTH, GRAIN_WEEK
-from app.modules.events.rollups import ROLLUP_COLUMNS, RunInWorker, rollup_state, run_inline
+from app.modules.events.models import ROLLUP_COLUMNS
 from app.modules.events.sketches import HLL_TYPE, LG_K
+from app.modules.events.state import rollup_state
 
 log = structlog.get_logger("app.events.grains")
 

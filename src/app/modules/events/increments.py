@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import copy_rows
+from app.core.workers import RunInWorker, run_inline
 from app.modules.events.definitions import (
     DIMENSION_NAMES,
     ENGAGED_MIN_MSEC,
@@ -43,7 +44,7 @@ from app.modules.events.definitions import (
     PAGE_VIEW,
 )
 from app.modules.events.grains import invalidate_coarse
-from app.modules.events.rollups import ROLLUP_COLUMNS, RunInWorker, run_inline
+from app.modules.events.models import ROLLUP_COLUMNS
 from app.modules.events.sketches import HLL_TYPE, LG_K, hash_values
 
 LOADED_TABLE = "pulse_loaded"

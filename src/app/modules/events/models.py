@@ -135,3 +135,25 @@ class StatsSession(Base):
     pageviews: Mapped[int] = mapped_column(BigInteger)
     converted: Mapped[bool] = mapped_column(Boolean)
     engaged: Mapped[bool] = mapped_column(Boolean)
+
+
+# stats_rollups' columns in table order (COPY of rollup rows).
+ROLLUP_COLUMNS = (
+    "tenant_id",
+    "grain",
+    "dim",
+    "bucket",
+    "value",
+    "events",
+    "pageviews",
+    "new_users",
+    "conversions",
+    "engagement_msec",
+    "revenue",
+    "users_count",
+    "sessions_count",
+    "users_hll",
+    "sessions_hll",
+    "engaged_hll",
+    "converting_hll",
+)

@@ -33,8 +33,7 @@ for a timezone, all rows for conversion events) and the next refresh rebuilds th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -43,6 +42,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db import copy_rows_through_staging
+from app.core.workers import RunInWorker, run_inline
 from app.modules.events.definitions import (
     DIMENSION_NAMES,
     FIRST_VISIT,
@@ -50,7 +50,11 @@ from app.modules.events.definitions import (
     GRAIN_HOUR,
     PAGE_VIEW,
 )
+from app.modules.events.grains import drop_coarse
+from app.modules.events.increments import rebuild_sessions
+from app.modules.events.models import ROLLUP_COLUMNS
 from app.modules.events.sketches import Sketches, build_group_sketches
+from app.modules.events.state import rollup_state, sessions_built
 
 log = structlog.get_logger("app.events.rollups")
 
@@ -211,26 +215,6 @@ _DECLARE = {
 _FETCH = sql_text(f"FETCH {_STREAM_ROWS} FROM pulse_rollup_cur")
 _CLOSE = sql_text("CLOSE pulse_rollup_cur")
 
-ROLLUP_COLUMNS = (
-    "tenant_id",
-    "grain",
-    "dim",
-    "bucket",
-    "value",
-    "events",
-    "pageviews",
-    "new_users",
-    "conversions",
-    "engagement_msec",
-    "revenue",
-    "users_count",
-    "sessions_count",
-    "users_hll",
-    "sessions_hll",
-    "engaged_hll",
-    "converting_hll",
-)
-
 
 def _day_start(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
@@ -245,14 +229,6 @@ def _batches(days: Collection[date]) -> list[tuple[date, date]]:
         else:
             runs.append((day, day + timedelta(days=1)))
     return runs
-
-
-# How CPU work of a rollup refresh runs: in a worker process (imports) or inline.
-RunInWorker = Callable[..., Awaitable[Any]]
-
-
-async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
 
 
 def _rollup_record(tenant_id: str, grain: int, row: Any, built: Sketches) -> tuple[Any, ...]:
@@ -303,39 +279,6 @@ async def _local_days(session: AsyncSession, utc_days: Collection[date], zone: s
         {"days": sorted(utc_days), "tz": zone},
     )
     return {row.day for row in result}
-
-
-@dataclass(frozen=True)
-class RollupState:
-    """What a tenant's rollups were built with."""
-
-    timezone: str
-    conversion_events: tuple[str, ...]
-
-
-async def rollup_state(session: AsyncSession, tenant_id: str) -> RollupState | None:
-    """The timezone and conversion events of the tenant's rollups (None: never built)."""
-    row = (
-        await session.execute(
-            sql_text(
-                "SELECT timezone, conversion_events FROM stats_rollup_state"
-                " WHERE tenant_id = :tenant_id"
-            ),
-            {"tenant_id": tenant_id},
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    return RollupState(row.timezone, tuple(row.conversion_events))
-
-
-async def sessions_built(session: AsyncSession, tenant_id: str) -> bool:
-    """Whether the tenant's session facts (``stats_sessions``) match its rollups."""
-    found = await session.execute(
-        sql_text("SELECT sessions_built FROM stats_rollup_state WHERE tenant_id = :tenant_id"),
-        {"tenant_id": tenant_id},
-    )
-    return bool(found.scalar())
 
 
 async def _rebuild_grain(
@@ -406,8 +349,6 @@ async def refresh_rollups(
     with events on them). Runs in the caller's transaction and only flushes."""
     if not days:
         return
-    from app.modules.events.grains import drop_coarse
-    from app.modules.events.increments import rebuild_sessions
     from app.modules.tenants import get_tenant_config
 
     await drop_coarse(session, tenant_id)  # week/month rows: rebuilt from new day rows later

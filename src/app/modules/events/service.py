@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.db import raw_connection
 from app.core.workers import WorkerPool
 from app.modules.events.increments import CREATE_LOADED, LOADED_TABLE, apply_loaded
-from app.modules.events.rollups import refresh_rollups, rollup_state, sessions_built
+from app.modules.events.rollups import refresh_rollups
 from app.modules.events.schema import LOAD_COLUMNS, CanonicalEvent, copy_line
+from app.modules.events.state import rollup_state, sessions_built
 
 log = structlog.get_logger("app.events")
 
