@@ -69,7 +69,9 @@ def run_year_phase(dataset: Dataset, issuer: Issuer, profile: Profile) -> dict[s
         return {"skipped": "the 365-day summary target is for the full profile's 10M events"}
     token = issuer.token([MAIN_TENANT, SMALL_TENANT], role="viewer")
     with pulse(dataset, issuer, name="pulse-year", PULSE_STATS_CACHE_TTL_S="0.000001") as s:
-        return {"summary": dashboard.run_year_summary(s, token, dataset, profile, log)}
+        summary = dashboard.run_year_summary(s, token, dataset, profile, log)
+    main = dataset.meta.get("tenants", {}).get(MAIN_TENANT, {})
+    return {"summary": summary, "events": main.get("events"), "days": profile.days}
 
 
 def run_peer_phase(dataset: Dataset, profile: Profile) -> dict[str, Any]:

@@ -514,8 +514,13 @@ class Report:
     ) -> None:
         self.add("### A 365-day summary of the 10M-event tenant, uncached", "")
         if run is not None:
+            size = (
+                f"{run['events']:,} events of the main tenant over {run['days']} days"
+                if run.get("events")
+                else "the full profile's main tenant"
+            )
             self.add(
-                "Measured on the full profile's data set (10M events over 365 days) by "
+                f"Measured on the full profile's data set ({size}) by "
                 f"`.venv/bin/python -m bench --profile full --only year`, run started "
                 f"{run['started_at']} (`bench/results/full.json`), not in this report's run.",
                 "",
@@ -990,6 +995,8 @@ def _full_year() -> dict[str, Any] | None:
         "summary": year["summary"],
         "load_seconds": full["profile"]["load_seconds"],
         "started_at": started,
+        "events": year.get("events"),
+        "days": year.get("days"),
     }
 
 
