@@ -45,6 +45,7 @@ from app.modules.ingestion.loader import BatchLoader, LeaseLost
 from app.modules.ingestion.outcomes import record_outcome
 from app.modules.ingestion.secrets import open_secrets
 from app.modules.notifications import EmailLinks
+from app.modules.tenants import get_tenant_config
 
 log = structlog.get_logger("app.ingestion.runner")
 
@@ -267,6 +268,7 @@ class RunExecution:
         run = active.run
         async with asyncio.timeout(DB_STEP_TIMEOUT_S), self.db.session(run.tenant_id) as session:
             source = await repository.source_for_run(session, run.source_id)
+            timezone = (await get_tenant_config(session, run.tenant_id)).timezone
         if source is None:
             raise TerminalError("the source was deleted")
         connector = get_connector(source.kind)
@@ -298,7 +300,7 @@ class RunExecution:
             source_id=source.id,
             config=config,
             secrets=secrets,
-            timezone=source.timezone,
+            timezone=timezone,
             http=self.http,
             executor=self.executor,
             workers=self.workers,

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.modules.ingestion.connectors.base import LedgerEntry
 from app.modules.ingestion.repository.runs import FinishedRun
-from app.modules.tenants import get_tenant_config
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,6 @@ class SourceForRun:
     config: dict[str, Any]
     secrets_ciphertext: str | None
     cursor: dict[str, Any]
-    timezone: str
 
 
 async def source_for_run(session: AsyncSession, source_id: uuid.UUID) -> SourceForRun | None:
@@ -51,7 +49,6 @@ async def source_for_run(session: AsyncSession, source_id: uuid.UUID) -> SourceF
         config=row.config,
         secrets_ciphertext=row.secrets_ciphertext,
         cursor=row.cursor,
-        timezone=(await get_tenant_config(session, row.tenant_id)).timezone,
     )
 
 
