@@ -44,7 +44,7 @@ from bench.servers import Server, proc_status, pulse
 
 INGEST_SEED = 4242
 SESSIONS_PER_DAY = 13_000  # about 100k rows a day
-ROWS_PER_DAY = int(SESSIONS_PER_DAY * 7.7)
+ROWS_PER_DAY = int(SESSIONS_PER_DAY * 6.1)  # the generator's events per session (measured)
 FILE_FORMAT = 2
 FINAL = {"succeeded", "failed", "cancelled"}
 BASELINE_TABLE = "bench_copy_baseline"

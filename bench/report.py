@@ -692,8 +692,9 @@ class Report:
             "MiB as CSV. Baseline: PostgreSQL COPY of the decompressed CSV into a staging table "
             "and the engine's merge statement (`INSERT ... ON CONFLICT DO NOTHING RETURNING`) "
             "into a table made `LIKE events INCLUDING ALL` (same indexes), one transaction. "
-            "The engine does more per row than the baseline: CSV parsing and validation in "
-            "Python, batches of 50k rows, and the hourly rollups of the touched days.",
+            "The engine does more per row than the baseline: decompression, CSV parsing, "
+            "validation and the COPY text in its worker processes (1 MiB chunks, pipelined "
+            "with the COPY), and the rollups of the loaded days before the file commits.",
             "",
         )
 
@@ -771,6 +772,23 @@ class Report:
                 peak < 300,
             )
         check = g.get("rss_check")
+        full = None if self.r["profile"]["name"] == "full" else _full_phase("ingestion")
+        if full is not None and not check:
+            # This profile has no 5M-row check: the full data set's own ingestion run.
+            results, started = full
+            sub = Report(results)
+            sub.ingestion()
+            self.add(
+                "### The full profile's ingestion run",
+                "",
+                f"From `.venv/bin/python -m bench --profile full --only ingestion`, run started "
+                f"{started} (`bench/results/full.json`), not in this report's run.",
+                "",
+                *sub.lines[2:],
+            )
+            for what, target, measured, hit in sub.targets:
+                self.targets.append([f"{what} (full profile)", target, measured, hit])
+            return
         if check:
             peak = check["rss_peak_bytes"] / 1e6
             worker_peak = (check.get("worker_rss_peak_bytes") or 0) / 1e6
@@ -780,7 +798,12 @@ class Report:
                 f"peak RSS {peak:.0f} MB (each import worker at most {worker_peak:.0f} MB).",
                 "",
             )
-            self.target("peak RSS, 5M-row file", "< 300 MB", f"{peak:.0f} MB", peak < 300)
+            self.target(
+                f"peak RSS, {_num(check['file_rows'])}-row file (the large-file check)",
+                "< 300 MB",
+                f"{peak:.0f} MB",
+                peak < 300,
+            )
         else:
             self.target(
                 "peak RSS, 5M-row file", "< 300 MB", "only in the full profile (not run)", None
@@ -974,6 +997,24 @@ class Report:
         self.lines.extend(body)
         self.how_to_run()
         return "\n".join(self.lines).rstrip() + "\n"
+
+
+def _full_phase(name: str) -> tuple[dict[str, Any], str] | None:
+    """The full profile's results (bench/results/full.json) if its phase ``name`` ran
+    there without error, with the time that phase's run started."""
+    import json
+
+    path = ROOT / "bench" / "results" / "full.json"
+    if not path.exists():
+        return None
+    full = json.loads(path.read_text())
+    if not isinstance(full.get(name), dict) or _error(full[name]):
+        return None
+    started = next(
+        (r["started_at"] for r in reversed(full.get("rerun", [])) if name in r["phases"]),
+        full.get("started_at", "?"),
+    )
+    return full, started
 
 
 def _full_year() -> dict[str, Any] | None:
