@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 from datetime import date
 from typing import Any
@@ -182,6 +183,45 @@ async def test_the_pool_replaces_a_dead_worker_and_stops_its_processes_at_close(
     await wait_until(all_gone, timeout_s=15)
     with pytest.raises(WorkerLost, match="shut down"):
         await pool.run(os.getpid)
+
+
+_OWNER_SCRIPT = """
+import asyncio, json, signal, sys
+from app.core.workers import WorkerPool
+
+async def main():
+    pool = WorkerPool(2)
+    await pool.start()
+    print("pids", json.dumps(pool.pids()), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, signal.pause)
+
+asyncio.run(main())
+"""
+
+
+async def test_workers_exit_when_the_process_that_owns_them_is_killed() -> None:
+    """A killed app (SIGKILL, out of memory) must not leave its worker processes (and
+    the forkserver they keep alive) running for ever."""
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _OWNER_SCRIPT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert owner.stdout is not None
+        line = b""
+        while not line.startswith(b"pids "):  # log lines may come first
+            line = await asyncio.wait_for(owner.stdout.readline(), timeout=60)
+            assert line, "the owner process ended before starting its workers"
+        workers = json.loads(line[5:])
+        assert len(workers) == 2
+        assert all(_alive(p) for p in workers)
+    finally:
+        owner.kill()  # SIGKILL: no shutdown code runs
+        await owner.wait()
+
+    async def all_gone() -> bool:
+        return not any(_alive(p) for p in workers)
+
+    await wait_until(all_gone, timeout_s=30)
 
 
 async def test_a_hung_worker_call_times_out_and_the_workers_are_replaced() -> None:

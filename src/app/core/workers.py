@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import select
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -44,7 +45,40 @@ def _pid() -> int:
     return os.getpid()
 
 
-def _init_worker(nice: int) -> None:
+def _exit_with(owner: int) -> None:
+    """Exit this worker as soon as the process that owns the pool is gone.
+
+    A worker's parent is the forkserver, not the app, and every worker holds both ends
+    of the pool's queues, so a worker whose app was killed (SIGKILL, out of memory)
+    would otherwise wait on its queue for ever, and keep the forkserver alive with it.
+    """
+    try:
+        watched = os.pidfd_open(owner)
+    except (OSError, AttributeError):  # the owner is gone already, or no pidfd here
+        if not _alive(owner):
+            os._exit(1)
+        return
+
+    def watch() -> None:
+        select.select([watched], [], [])  # readable when the owner exits
+        os._exit(1)
+
+    threading.Thread(target=watch, name="pulse-owner-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _init_worker(nice: int, owner: int = 0) -> None:
+    if owner:
+        _exit_with(owner)
     # Well below the app process (nice 10: about a tenth of its CPU share when both
     # want a core): a request's work, and the loop that feeds the workers, go first;
     # the bulk work takes what is left.
@@ -83,7 +117,7 @@ class WorkerPool:
             max_workers=self.workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(self._nice,),
+            initargs=(self._nice, os.getpid()),
         )
         # Start every worker now (here, in a thread), not lazily inside a later submit.
         warm = [executor.submit(_pid) for _ in range(self.workers * 2)]
