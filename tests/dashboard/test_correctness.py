@@ -18,6 +18,7 @@ from app.core.settings import Settings
 from app.modules.events import compact_tenant_rollups
 from tests.dashboard.reference import EMPTY, brute_force, derive
 from tests.fixtures.events import (
+    ALL_METRICS,
     CAMPAIGNS,
     COUNTRIES,
     PAGES,
@@ -30,20 +31,6 @@ from tests.fixtures.events import (
 # Spans both daylight-saving starts (New York 8 March, Berlin 29 March 2026).
 DATA_START = datetime(2026, 3, 1, tzinfo=UTC)
 DATA_DAYS = 40
-METRICS = [
-    "events",
-    "pageviews",
-    "users",
-    "new_users",
-    "sessions",
-    "engaged_sessions",
-    "bounce_rate",
-    "avg_session_duration",
-    "views_per_session",
-    "conversions",
-    "conversion_rate",
-    "revenue",
-]
 PLAIN_DIMENSIONS = ["event_name", "page_path", "country", "city", "device_category", "campaign"]
 TIME_DIMENSIONS = ["time:hour", "time:day", "time:week", "time:month"]
 TIMEZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
@@ -94,7 +81,7 @@ def _close(api: Any, exact: Any, metric: str, bounds: dict[str, Any]) -> bool:
 
 queries = st.fixed_dictionaries(
     {
-        "metrics": st.lists(st.sampled_from(METRICS), min_size=1, max_size=4, unique=True),
+        "metrics": st.lists(st.sampled_from(ALL_METRICS), min_size=1, max_size=4, unique=True),
         "plain": st.lists(st.sampled_from(PLAIN_DIMENSIONS), max_size=2, unique=True),
         "time": st.sampled_from([None, *TIME_DIMENSIONS]),
         "first": st.integers(min_value=-2, max_value=DATA_DAYS),

@@ -28,7 +28,14 @@ from app.modules.events.spec import AggregateSpec, TopN, coarse_grains
 from app.modules.events.state import rollup_state
 from app.modules.events.widget_sql import rollup_source
 from app.modules.tenants import TenantUpdate, update_tenant
-from tests.fixtures.events import EventLoader, Sessions, TenantMaker, make_event, random_events
+from tests.fixtures.events import (
+    ALL_METRICS,
+    EventLoader,
+    Sessions,
+    TenantMaker,
+    make_event,
+    random_events,
+)
 
 TODAY = datetime(2026, 4, 10, 12, tzinfo=UTC)
 DATA_START = datetime(2025, 12, 20, tzinfo=UTC)
@@ -36,20 +43,6 @@ DATA_DAYS = 110  # to 9 April 2026
 # Saturday 3 January to Wednesday 8 April: whole February and March, whole weeks in
 # January, edge days; the previous period holds the whole of December.
 RANGE = ["2026-01-03", "2026-04-08"]
-ALL_METRICS = [
-    "events",
-    "pageviews",
-    "users",
-    "new_users",
-    "sessions",
-    "engaged_sessions",
-    "bounce_rate",
-    "avg_session_duration",
-    "views_per_session",
-    "conversions",
-    "conversion_rate",
-    "revenue",
-]
 WIDGETS: dict[str, dict[str, Any]] = {
     "summary": {"metrics": ALL_METRICS},
     "timeseries_day": {"metrics": ["users", "pageviews"], "dimensions": ["time:day"]},

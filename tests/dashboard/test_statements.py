@@ -26,27 +26,13 @@ from app.modules.dashboard.schemas import StatsQuery
 from app.modules.dashboard.service import resolve_query, run_normal_query, tenant_calendar
 from app.modules.events import get_data_version
 from app.modules.events.state import rollup_state
-from tests.fixtures.events import EventLoader, TenantMaker, random_events
+from tests.fixtures.events import ALL_METRICS, EventLoader, TenantMaker, random_events
 
 TODAY = datetime(2026, 4, 10, 12, tzinfo=UTC)
 RANGE = ["2026-03-16", "2026-04-08"]
 COMPARE = ["2026-02-20", "2026-03-15"]
 # Filters on two different dimensions that every event passes force the raw-events path.
 FORCE_RAW = [["is_not", "country", ["XX"]], ["is_not", "city", ["XX"]]]
-ALL_METRICS = [
-    "events",
-    "pageviews",
-    "users",
-    "new_users",
-    "sessions",
-    "engaged_sessions",
-    "bounce_rate",
-    "avg_session_duration",
-    "views_per_session",
-    "conversions",
-    "conversion_rate",
-    "revenue",
-]
 # The widgets of a dashboard page, shaped as the widget routes shape them.
 WIDGETS: dict[str, dict[str, Any]] = {
     "summary": {"metrics": ALL_METRICS},

@@ -16,7 +16,7 @@ from app.core.timezones import load_zone
 from app.main import create_app
 from app.modules.dashboard import StatsQuery, run_query
 from tests.conftest import make_settings, serve_in_process
-from tests.fixtures.events import EventLoader, Sessions, TenantMaker, make_event
+from tests.fixtures.events import ALL_METRICS, EventLoader, Sessions, TenantMaker, make_event
 from tests.fixtures.notify import settle
 
 QUERY = "/api/v1/tenants/acme/stats/query"
@@ -70,20 +70,7 @@ async def test_query_returns_ga4_metrics_totals_and_breakdown(
 ) -> None:
     await _seed_march(make_tenant, load)
     body = {
-        "metrics": [
-            "events",
-            "pageviews",
-            "users",
-            "new_users",
-            "sessions",
-            "engaged_sessions",
-            "bounce_rate",
-            "avg_session_duration",
-            "views_per_session",
-            "conversions",
-            "conversion_rate",
-            "revenue",
-        ],
+        "metrics": ALL_METRICS,
         "dimensions": ["page_path"],
         "date_range": ["2026-03-10", "2026-03-11"],
     }
