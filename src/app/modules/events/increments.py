@@ -130,6 +130,29 @@ def _fanout(grain: int, e: str) -> str:
     return f"(VALUES (0, ''), {values})"
 
 
+def _earlier(hash_key: str, keys: str, match: str, *, bucket: str, fanout: str) -> str:
+    """(bucket, dim, value, hash) of the loaded users' (or sessions') earlier events: not
+    this transaction's, within the loaded rows' time span. Looked up key by key through
+    the session index; the time bounds are written so that no index can serve them: the
+    day just loaded is newer than the planner's statistics, so it expects one row in
+    range and walks the (tenant, occurred_at) index once per user over the whole window
+    (54 s instead of 1 s for a 45k-row week)."""
+    hashed = (_UH if hash_key == "uh" else _SH).format(e="e")
+    return f"""
+            SELECT DISTINCT {bucket} AS bucket, d.dim, d.value, {hashed} AS {hash_key}
+            FROM ({keys}) u
+            CROSS JOIN LATERAL (
+                SELECT e.* FROM events e
+                WHERE e.tenant_id = :tenant_id AND e.user_id = u.user_id {match}
+                  AND e.occurred_at + interval '0 s' >= :lo
+                  AND e.occurred_at + interval '0 s' < :hi
+                  AND e.xmin::text::bigint <> :xid
+                OFFSET 0
+            ) e
+            CROSS JOIN LATERAL {fanout} AS d(dim, value)
+        """
+
+
 def _aggregate(grain: int) -> Any:
     """One row per group the load touches: sums, exact-count increments, the hashes to
     merge (big-endian int8s in one bytea each) and the stored sketches."""
@@ -166,39 +189,26 @@ def _aggregate(grain: int) -> Any:
                 bool_or(is_conversion) AS converting
             FROM new GROUP BY bucket, dim, value, uh, sh
         ),
-        -- Earlier events (not this transaction's) of the loaded users, user by user,
-        -- through the session index. The time bounds are written so that no index can
-        -- serve them: the day just loaded is newer than the planner's statistics, so it
-        -- expects one row in range and walks the (tenant, occurred_at) index once per
-        -- user over the whole window (54 s instead of 1 s for a 45k-row week).
-        prior_users AS MATERIALIZED (
-            SELECT DISTINCT {bucket_e} AS bucket, d.dim, d.value, {_UH.format(e="e")} AS uh
-            FROM (SELECT DISTINCT user_id FROM {LOADED_TABLE} WHERE user_id IS NOT NULL) u
-            CROSS JOIN LATERAL (
-                SELECT e.* FROM events e
-                WHERE e.tenant_id = :tenant_id AND e.user_id = u.user_id
-                  AND e.occurred_at + interval '0 s' >= :lo
-                  AND e.occurred_at + interval '0 s' < :hi
-                  AND e.xmin::text::bigint <> :xid
-                OFFSET 0
-            ) e
-            CROSS JOIN LATERAL {fan_e} AS d(dim, value)
-        ),
-        prior_sessions AS MATERIALIZED (
-            SELECT DISTINCT {bucket_e} AS bucket, d.dim, d.value, {_SH.format(e="e")} AS sh
-            -- Only sessions that had events before this load can have earlier events.
-            FROM (SELECT user_id, session_id FROM pulse_sess WHERE existed) u
-            CROSS JOIN LATERAL (
-                SELECT e.* FROM events e
-                WHERE e.tenant_id = :tenant_id AND e.user_id = u.user_id
-                  AND e.session_id = u.session_id
-                  AND e.occurred_at + interval '0 s' >= :lo
-                  AND e.occurred_at + interval '0 s' < :hi
-                  AND e.xmin::text::bigint <> :xid
-                OFFSET 0
-            ) e
-            CROSS JOIN LATERAL {fan_e} AS d(dim, value)
-        ),
+        -- Earlier events (not this transaction's) of the loaded users (see _earlier).
+        prior_users AS MATERIALIZED ({
+            _earlier(
+                "uh",
+                f"SELECT DISTINCT user_id FROM {LOADED_TABLE} WHERE user_id IS NOT NULL",
+                "",
+                bucket=bucket_e,
+                fanout=fan_e,
+            )
+        }),
+        -- Only sessions that had events before this load can have earlier events.
+        prior_sessions AS MATERIALIZED ({
+            _earlier(
+                "sh",
+                "SELECT user_id, session_id FROM pulse_sess WHERE existed",
+                "AND e.session_id = u.session_id",
+                bucket=bucket_e,
+                fanout=fan_e,
+            )
+        }),
         -- Every event of a session that turned engaged with this load: its groups'
         -- engaged sketches gain the session.
         flipped AS MATERIALIZED (
