@@ -86,3 +86,18 @@ def test_production_without_database_exits_nonzero_with_one_line(tmp_path: Path)
     assert lines == [
         "pulse: invalid configuration: PULSE_DATABASE_URL is required when PULSE_ENV=production"
     ]
+
+
+def test_import_database_slots_default_to_half_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PULSE_INGEST_DB_SLOTS: 0 (the default) is half the CPU cores, at least one."""
+    import os
+
+    from app.modules.ingestion.runner import database_slots
+
+    defaults = load_settings({}, dotenv=None)
+    for cores, slots in ((6, 3), (2, 1), (1, 1), (None, 1)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert database_slots(defaults) == slots
+    assert database_slots(load_settings({"PULSE_INGEST_DB_SLOTS": "5"}, dotenv=None)) == 5
+    with pytest.raises(SettingsError, match="PULSE_INGEST_DB_SLOTS"):
+        load_settings({"PULSE_INGEST_DB_SLOTS": "-1"}, dotenv=None)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from app.core.db import Database
 from app.modules.events import (
@@ -236,6 +237,63 @@ async def test_a_load_waits_for_the_tenant_lock_with_a_deadline_and_says_so(
         await third.finish()
         await session.commit()
     assert result.inserted == 1
+
+
+async def test_heavy_statements_take_an_import_slot_and_the_lock_wait_does_not(
+    db: Database,
+) -> None:
+    """#15: loads share the process's slots for heavy statements (PULSE_INGEST_DB_SLOTS).
+    Every statement that writes events, staging or rollups runs holding a slot; waiting
+    for the tenant's load lock does not. With one slot and two loads of one tenant, the
+    second waits for the lock while the first still gets the slot for its rollups and
+    commits: no deadlock (the second would otherwise fail after its lock wait)."""
+    slot = asyncio.Semaphore(1)
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append((statement, slot.locked()))
+
+    waiting = asyncio.Event()
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with db.session() as holder:
+            first = EventLoad(holder, "acme", source_id=None, turns=slot)
+            await first.add([_event(1)])  # holds the tenant's load lock until commit
+            async with db.session() as session:
+                second = EventLoad(
+                    session,
+                    "acme",
+                    source_id=None,
+                    turns=slot,
+                    lock_wait_s=120,
+                    on_lock_wait=waiting.set,
+                )
+                added = asyncio.create_task(second.add([_event(2)]))
+                await waiting.wait()
+                await first.finish()  # needs the slot while the second waits
+                await holder.commit()
+                result = await added
+                await second.finish()
+                await session.commit()
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    assert result.inserted == 1
+    heavy = [
+        held
+        for statement, held in seen
+        if any(
+            word in statement
+            for word in ("INSERT INTO events", "stats_rollups", "events_staging", "work_mem")
+        )
+    ]
+    assert len(heavy) >= 6
+    assert all(heavy)
+    polls = [held for statement, held in seen if "pg_try_advisory_xact_lock" in statement]
+    assert len(polls) >= 3
+    assert polls[:2] == [False, False]
+    async with db.session() as session:
+        count = await session.execute(text("SELECT count(*) FROM events WHERE tenant_id='acme'"))
+        assert count.scalar() == 2
 
 
 def test_text_limits_name_the_field_whatever_the_other_fields_hold() -> None:

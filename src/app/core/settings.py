@@ -141,6 +141,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ingest_analyze_min_rows: PositiveInt = 10_000
     # PostgreSQL work_mem of an import's transaction (its rollup aggregates), in MiB.
     ingest_work_mem_mb: Annotated[int, msgspec.Meta(ge=4, le=4096)] = 64
+    # How many imports of this process run their heavy statements (COPY, merge, rollups)
+    # at once; the others wait their turn between statements (0: half the CPU cores).
+    ingest_db_slots: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
 
     # --- dashboard -----------------------------------------------------------
     # A token bucket per tenant (per process): refills at this rate, holds up to the burst.

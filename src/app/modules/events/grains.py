@@ -23,7 +23,9 @@ keeps a compaction and a load of the same tenant from interleaving.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -256,6 +258,7 @@ async def compact_tenant_rollups(
     *,
     run: RunInWorker | None = None,
     now: datetime | None = None,
+    turns: asyncio.Semaphore | None = None,
 ) -> int:
     """Build every missing week and month row of the tenant, a few per transaction
     (:func:`compact_rollups`); returns how many were built. Stops early when a load of
@@ -263,7 +266,8 @@ async def compact_tenant_rollups(
     built = 0
     at = now or datetime.now(UTC)
     while True:
-        async with db.session(tenant_id) as session:
+        # ``turns``: the importing process's slots for heavy statements (EventLoad).
+        async with turns or nullcontext(), db.session(tenant_id) as session:
             done = await compact_rollups(session, tenant_id, now=at, run=run)
             await session.commit()
         built += done.built

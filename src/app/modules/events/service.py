@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -164,6 +165,7 @@ class EventLoad:
         on_lock_wait: Callable[[], None] | None = None,
         workers: WorkerPool | None = None,
         work_mem_mb: int | None = None,
+        turns: asyncio.Semaphore | None = None,
     ) -> None:
         self._session = session
         self._tenant_id = tenant_id
@@ -176,12 +178,17 @@ class EventLoad:
         # dimension: with PostgreSQL's default work_mem (4 MB) those aggregates spill to
         # disk in batches. Raised for this transaction only (``SET LOCAL``).
         self._work_mem_mb = work_mem_mb
+        # The heavy statements (COPY, merge, rollups) run holding one of these slots,
+        # shared by the process's imports: a few at once keep the database's cores for
+        # the dashboard. Never held while waiting for the tenant's load lock (the holder
+        # of that lock may need a slot to reach its commit).
+        self._turns = turns
         self._days: set[date] = set()
         self._newest: datetime | None = None
         self._locked = False
         # Whether this transaction's rows are kept for an incremental rollup update
         # (decided once, with the tenant's load lock held; see :meth:`_incremental`).
-        self._tracking = False
+        self._tracking: bool | None = None
 
     async def _incremental(self) -> tuple[bool, str, list[str]]:
         """Whether the rollups can take this transaction's rows incrementally (they were
@@ -199,6 +206,9 @@ class EventLoad:
             and await sessions_built(session, tenant_id)
         )
         return usable, config.timezone, conversions
+
+    def _turn(self) -> AbstractAsyncContextManager[Any]:
+        return self._turns if self._turns is not None else nullcontext()
 
     async def add(self, events: Sequence[CanonicalEvent]) -> LoadResult:
         """Merge validated events; rows whose (tenant, event_id) exists are skipped.
@@ -218,21 +228,26 @@ class EventLoad:
         if not rows:
             return LoadResult(0, 0)
         session, tenant_id = self._session, self._tenant_id
-        if self._work_mem_mb is not None and not self._locked:
-            await session.execute(text(f"SET LOCAL work_mem = '{int(self._work_mem_mb)}MB'"))
-        await session.execute(_CREATE_STAGING)
-        await _copy_text(session, payload)
-        # The staging table is private to this connection; only the merge takes turns.
+        async with self._turn():
+            if self._work_mem_mb is not None and not self._locked:
+                work_mem = f"SET LOCAL work_mem = '{int(self._work_mem_mb)}MB'"
+                await session.execute(text(work_mem))
+            await session.execute(_CREATE_STAGING)
+            await _copy_text(session, payload)
+        # The staging table is private to this connection: only the merge waits for the
+        # tenant's load lock (without holding a slot).
         if not self._locked:
             await _take_tenant_load_lock(
                 session, tenant_id, wait_s=self._lock_wait_s, on_wait=self._on_lock_wait
             )
             self._locked = True
-            self._tracking = (await self._incremental())[0]
-            if self._tracking:
-                await session.execute(CREATE_LOADED)
-        row = (await session.execute(_MERGE if self._tracking else _MERGE_ONLY)).one()
-        await session.execute(text(f"TRUNCATE {STAGING_TABLE}"))
+        async with self._turn():
+            if self._tracking is None:
+                self._tracking = (await self._incremental())[0]
+                if self._tracking:
+                    await session.execute(CREATE_LOADED)
+            row = (await session.execute(_MERGE if self._tracking else _MERGE_ONLY)).one()
+            await session.execute(text(f"TRUNCATE {STAGING_TABLE}"))
         inserted = int(row.inserted)
         days = frozenset(row.days)
         if inserted:
@@ -253,32 +268,26 @@ class EventLoad:
         if not self._days:
             return
         days, self._days = self._days, set()
+        async with self._turn():
+            await self._refresh(days)
+        self._newest = None
+
+    async def _refresh(self, days: set[date]) -> None:
         session, tenant_id = self._session, self._tenant_id
         usable, timezone, conversions = await self._incremental()
+        run = self._workers.run if self._workers is not None else None
         if usable and self._tracking:
             # The usual case: add what this transaction loaded, whatever the day holds.
             await apply_loaded(
-                session,
-                tenant_id,
-                timezone=timezone,
-                conversions=conversions,
-                run=self._workers.run if self._workers is not None else None,
+                session, tenant_id, timezone=timezone, conversions=conversions, run=run
             )
             await session.execute(text(f"TRUNCATE {LOADED_TABLE}"))
         else:
             # First build, or the tenant changed its timezone or conversion events
             # (rare), or they changed while this transaction loaded: rebuild the
             # touched days from the events table.
-            await refresh_rollups(
-                session,
-                tenant_id,
-                days,
-                run=self._workers.run if self._workers is not None else None,
-            )
-        await self._session.execute(
-            _BUMP_VERSION, {"tenant_id": self._tenant_id, "newest": self._newest}
-        )
-        self._newest = None
+            await refresh_rollups(session, tenant_id, days, run=run)
+        await session.execute(_BUMP_VERSION, {"tenant_id": tenant_id, "newest": self._newest})
 
 
 async def load_events(

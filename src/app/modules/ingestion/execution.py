@@ -110,6 +110,7 @@ class RunExecution:
     links: EmailLinks
     lease_s: float
     heartbeat_s: float
+    db_turns: asyncio.Semaphore
     _analyze_lock: asyncio.Lock
     _stopping: bool
 
@@ -329,6 +330,7 @@ class RunExecution:
             workers=self.workers,
             lock_wait_s=self.settings.ingest_load_lock_wait_s,
             work_mem_mb=self.settings.ingest_work_mem_mb,
+            db_turns=self.db_turns,
         )
         active.progress.report(stage="extracting")
         batches: AsyncIterator[Batch] = connector.extract(ctx)
@@ -358,7 +360,9 @@ class RunExecution:
         speed (the day rows answer meanwhile; logged), never the run."""
         try:
             async with asyncio.timeout(COMPACT_TIMEOUT_S):
-                await compact_tenant_rollups(self.db, run.tenant_id, run=self.workers.run)
+                await compact_tenant_rollups(
+                    self.db, run.tenant_id, run=self.workers.run, turns=self.db_turns
+                )
         except Exception as exc:
             log.warning("run.compact_failed", error=type(exc).__name__)
 
@@ -371,7 +375,7 @@ class RunExecution:
         the run is reported finished, so a query right after it sees the new statistics.
         A failure only costs the statistics (logged), never the run.
         """
-        async with self._analyze_lock:
+        async with self._analyze_lock, self.db_turns:
             try:
                 async with asyncio.timeout(ANALYZE_TIMEOUT_S), self.db.session() as session:
                     for statement in _ANALYZE_EVENTS:

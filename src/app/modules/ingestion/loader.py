@@ -96,6 +96,7 @@ class BatchLoader:
         workers: WorkerPool,
         lock_wait_s: float,
         work_mem_mb: int | None = None,
+        db_turns: asyncio.Semaphore | None = None,
     ) -> None:
         self._db = db
         self._run_id = run_id
@@ -110,6 +111,7 @@ class BatchLoader:
         self._workers = workers
         self._lock_wait_s = lock_wait_s
         self._work_mem_mb = work_mem_mb
+        self._db_turns = db_turns
         self._pending: _Pending | None = None
         self.committed = BatchCounts()
         self.cancel_requested = False
@@ -144,6 +146,7 @@ class BatchLoader:
                 on_lock_wait=lambda: self._progress.report(stage=WAITING_STAGE),
                 workers=self._workers,
                 work_mem_mb=self._work_mem_mb,
+                turns=self._db_turns,
             )
             self._pending = _Pending(session, load)
         pending = self._pending

@@ -57,6 +57,12 @@ def create_worker_pool(settings: Settings) -> WorkerPool:
     )
 
 
+def database_slots(settings: Settings) -> int:
+    """How many imports run heavy statements at once (``PULSE_INGEST_DB_SLOTS``, 0: half
+    the CPU cores, at least one)."""
+    return settings.ingest_db_slots or max(1, (os.cpu_count() or 1) // 2)
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -89,6 +95,10 @@ class Runner(RunExecution):
         self._owns_workers = workers is None
         # One ANALYZE at a time in this process (several imports finishing together).
         self._analyze_lock = asyncio.Lock()
+        # The imports' heavy statements take turns in this many slots (EventLoad): eight
+        # imports at full speed each keep a PostgreSQL backend busy, and on a machine with
+        # few cores the dashboard's queries (and this process) wait for a CPU behind them.
+        self.db_turns = asyncio.Semaphore(database_slots(settings))
         self.concurrency = settings.ingest_concurrency
         self.lease_s = settings.ingest_lease_s
         self.heartbeat_s = min(settings.ingest_heartbeat_s, settings.ingest_lease_s / 3)
