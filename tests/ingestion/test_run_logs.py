@@ -68,6 +68,10 @@ async def test_a_run_queued_by_a_request_logs_every_line_with_tenant_run_and_req
         == request_id
     )
     assert (await ingest.wait_final(uuid.UUID(run_id))).status == "succeeded"
+    shown = await client.get(
+        f"{BASE}/runs/{run_id}", headers=auth_headers(tenant="acme", role="admin")
+    )
+    assert shown.json()["request_id"] == request_id
 
     async def finished_logged() -> bool:
         return any(

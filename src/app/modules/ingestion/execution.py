@@ -331,6 +331,7 @@ class RunExecution:
             lock_wait_s=self.settings.ingest_load_lock_wait_s,
             work_mem_mb=self.settings.ingest_work_mem_mb,
             db_turns=self.db_turns,
+            concurrency=self.settings.ingest_concurrency,
         )
         active.progress.report(stage="extracting")
         batches: AsyncIterator[Batch] = connector.extract(ctx)

@@ -25,7 +25,8 @@ from app.modules.ingestion.connectors.base import Batch, LedgerEntry, Progress
 from app.modules.ingestion.prepare import Prepared, prepare_rows
 from app.modules.ingestion.repository import BatchCounts
 
-_LOAD_STATEMENT_TIMEOUT = text("SET LOCAL statement_timeout = '600s'")
+LOAD_STATEMENT_TIMEOUT_S = 600
+_LOAD_STATEMENT_TIMEOUT = text(f"SET LOCAL statement_timeout = '{LOAD_STATEMENT_TIMEOUT_S}s'")
 # Connector rows go to the workers in slices of this many (pickling a slice is short).
 PREPARE_ROWS = 2000
 WAITING_STAGE = "waiting for another import of this tenant"
@@ -97,6 +98,7 @@ class BatchLoader:
         lock_wait_s: float,
         work_mem_mb: int | None = None,
         db_turns: asyncio.Semaphore | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._db = db
         self._run_id = run_id
@@ -112,6 +114,13 @@ class BatchLoader:
         self._lock_wait_s = lock_wait_s
         self._work_mem_mb = work_mem_mb
         self._db_turns = db_turns
+        # Between statements the transaction may wait for a database slot behind a step
+        # of every other running import, each up to the statement timeout: the
+        # connection's idle-in-transaction limit (600 s) would end it while it waits.
+        self._idle_limit = text(
+            "SET LOCAL idle_in_transaction_session_timeout ="
+            f" '{LOAD_STATEMENT_TIMEOUT_S * max(1, concurrency)}s'"
+        )
         self._pending: _Pending | None = None
         self.committed = BatchCounts()
         self.cancel_requested = False
@@ -138,6 +147,7 @@ class BatchLoader:
             # A load may wait its turn behind other loads of the tenant (see EventLoad)
             # and rebuild rollups: longer than a request's statement timeout allows.
             await session.execute(_LOAD_STATEMENT_TIMEOUT)
+            await session.execute(self._idle_limit)
             load = EventLoad(
                 session,
                 self._tenant_id,

@@ -118,6 +118,9 @@ class Run(msgspec.Struct, kw_only=True):
     cancel_requested_at: datetime | None
     progress: RunProgress
     error: RunError | None
+    # The X-Request-ID of the request that queued the run (manual runs and backfills;
+    # null for scheduled runs): every log line of the run carries it too.
+    request_id: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -60,6 +60,7 @@ def _run_schema(run: Run) -> schemas.Run:
             bytes_read=run.bytes_read,
         ),
         error=error,
+        request_id=run.request_id,
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
