@@ -115,8 +115,10 @@ class BatchLoader:
         self._work_mem_mb = work_mem_mb
         self._db_turns = db_turns
         # Between statements the transaction may wait for a database slot behind a step
-        # of every other running import, each up to the statement timeout: the
-        # connection's idle-in-transaction limit (600 s) would end it while it waits.
+        # of every other running import (a COPY, a merge, a rollup update: seconds, a
+        # large first import's rollup rebuild minutes). The connection's idle limit
+        # (600 s) could end it while it waits; the load's own limit is the statement
+        # timeout once per import that may run beside it.
         self._idle_limit = text(
             "SET LOCAL idle_in_transaction_session_timeout ="
             f" '{LOAD_STATEMENT_TIMEOUT_S * max(1, concurrency)}s'"
