@@ -19,11 +19,10 @@ from typing import Any
 
 import httpx
 
-from bench.dashboard import check_paths, pulse_paths, run_paced
+from bench.dashboard import check_paths, measure_http, pulse_paths, run_paced
 from bench.database import MAIN_TENANT, Dataset
 from bench.ingestion import FINAL, create_tenant, drop_tenants, start_run
 from bench.issuer import Issuer
-from bench.load import summarise, wrk
 from bench.metrics import lag_between, scrape_lag
 from bench.profiles import Profile
 from bench.servers import Server, blocked_summary, pulse
@@ -56,20 +55,9 @@ def _lagged(server: Server, measure: Callable[[], dict[str, Any]]) -> dict[str, 
 def _closed_loop(
     server: Server, paths: list[str], headers: dict[str, str], profile: Profile
 ) -> dict[str, Any]:
-    def measure() -> dict[str, Any]:
-        samples = [
-            wrk(
-                server.url,
-                paths,
-                connections=CONNECTIONS,
-                seconds=profile.load_seconds,
-                headers=headers,
-            )
-            for _ in range(profile.load_runs)
-        ]
-        return summarise(samples)
-
-    return _lagged(server, measure)
+    return _lagged(
+        server, lambda: measure_http(server, paths, headers, profile, connections=CONNECTIONS)
+    )
 
 
 def _runs(server: Server, token: str, runs: list[tuple[str, str]]) -> list[dict[str, Any]]:
