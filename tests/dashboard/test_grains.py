@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from app.core.db import Database, async_url
+from app.core.db import Database
 from app.core.settings import Settings
 from app.modules.dashboard.schemas import StatsQuery
 from app.modules.dashboard.service import resolve_query, run_normal_query, tenant_calendar
@@ -63,15 +63,6 @@ WIDGETS: dict[str, dict[str, Any]] = {
     },
     "weekly_by_device": {"metrics": ["users"], "dimensions": ["time:week", "device_category"]},
 }
-
-
-@pytest.fixture
-async def engine(database_url: str, clean_tables: None) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(async_url(database_url))
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ counted with SQLAlchemy's ``before_cursor_execute`` on the engine the widget run
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,10 +17,8 @@ from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 
-from app.core.db import async_url
 from app.modules.dashboard.schemas import StatsQuery
 from app.modules.dashboard.service import resolve_query, run_normal_query, tenant_calendar
 from app.modules.events import get_data_version
@@ -58,15 +55,6 @@ class StatementCounter:
 
     def stop(self, engine: AsyncEngine) -> None:
         event.remove(engine.sync_engine, "before_cursor_execute", self._seen)
-
-
-@pytest.fixture
-async def engine(database_url: str, clean_tables: None) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(async_url(database_url))
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

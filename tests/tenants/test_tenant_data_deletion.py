@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
-import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.fixtures.oidc import AuthHeaders
 
@@ -35,13 +32,6 @@ CASCADING = text(
       AND con.confdeltype = 'c' AND a.attname = 'tenant_id'
     """
 )
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def test_every_tenant_owned_table_cascades_from_tenants(engine: AsyncEngine) -> None:
